@@ -1,0 +1,125 @@
+"""Result cards and run directories.
+
+One run writes ``<out>/<task>/<defense>/<run-id>/`` with ``config.json`` (at the start),
+``checkpoint.pt``, ``run.log``, raw per-scan scores and, when it finishes, ``card.json``: the
+resolved config and its hash, seed, code and library versions, device, timings and metrics
+for every evaluated variant (and attack, once there are attacks). Every file is written
+atomically, so a crash never leaves a half-written card.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from privbench.errors import PrivbenchError
+
+CARD = "card.json"
+CONFIG = "config.json"
+CARD_VERSION = 1
+LIBRARIES = ("privbench", "torch", "monai", "numpy", "scipy", "nibabel", "nilearn", "pandas",
+             "pytorch-msssim", "typer", "rich", "matplotlib")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` through a temporary file renamed into place."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text to ``path`` through a temporary file renamed into place."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise PrivbenchError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def new_run_dir(out: Path, task: str, defense: str, config_hash: str) -> Path:
+    """Create a fresh ``out/task/defense/<time>-<hash>`` folder (unwritable -> clear error)."""
+    parent = Path(out) / task / defense
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        run_dir = parent / (f"{stamp}-{config_hash}" + (f"-{n}" if n else ""))
+        try:
+            run_dir.mkdir(parents=True, exist_ok=False)
+            return run_dir
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise PrivbenchError(f"cannot create the run folder under {out}: "
+                                 f"{exc.strerror or exc}") from exc
+    raise PrivbenchError(f"too many runs named {stamp}-{config_hash} under {parent}")
+
+
+def find_resumable(out: Path, task: str, defense: str, config_hash: str) -> Path | None:
+    """The newest unfinished run (checkpoint, no card) of the same config, if any."""
+    parent = Path(out) / task / defense
+    candidates = sorted(parent.glob(f"*-{config_hash}*")) if parent.is_dir() else []
+    for run_dir in reversed(candidates):
+        if (run_dir / "checkpoint.pt").exists() and not (run_dir / CARD).exists():
+            return run_dir
+    return None
+
+
+def read_card(path: Path) -> dict[str, Any]:
+    """Load one card; a missing, unreadable or foreign file raises :class:`PrivbenchError`."""
+    try:
+        card = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise PrivbenchError(f"unreadable card {path}: {exc}") from exc
+    if not isinstance(card, dict) or card.get("card_version") != CARD_VERSION:
+        raise PrivbenchError(f"{path} is not a privbench card (version {CARD_VERSION})")
+    return card
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Code version, library versions and device description for the card."""
+    from privbench import __version__
+
+    versions = {"privbench": __version__}
+    for name in LIBRARIES[1:]:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    if device.type == "cuda":
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = platform.processor() or platform.machine()
+    return {
+        "code": {"privbench": versions["privbench"], **_git_state()},
+        "libraries": versions,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": {"type": device.type, "name": device_name, "torch_threads": torch.get_num_threads()},
+    }
+
+
+def _git_state() -> dict[str, Any]:
+    """The commit of the privbench checkout in use, if it is one (None for an installed wheel)."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if not top or Path(top).resolve() != here.parent:  # privbench installed inside another repo
+        return {"git_commit": None, "git_dirty": None}
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"git_commit": commit, "git_dirty": bool(dirty) if commit else None}

@@ -1,0 +1,131 @@
+"""The ``privbench`` command line: a thin layer over :mod:`privbench.runner`,
+:mod:`privbench.registry` and :mod:`privbench.leaderboard`.
+
+Errors a user can cause print one line and exit with code 2; ``privbench --debug ...``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from privbench import config as configs
+from privbench import leaderboard as boards
+from privbench import runner
+from privbench.errors import PrivbenchError
+from privbench.registry import REGISTRIES
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Benchmark and privacy audit of privacy-preserving 3D segmentation.")
+console = Console()
+errors = Console(stderr=True)
+_state = {"debug": False}
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.")) -> None:
+    _state["debug"] = debug
+
+
+def _friendly(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn user errors into one line on stderr and exit code 2 (unless --debug)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except PrivbenchError as exc:
+            if _state["debug"]:
+                raise
+            errors.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            errors.print("interrupted; continue with the same command and --resume")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.command()
+@_friendly
+def run(
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="Task name (default: mni-tissue)."),
+    defense: Optional[str] = typer.Option(None, "--defense", "-d", help="Defense name (default: none)."),
+    preset: str = typer.Option("quick", "--preset", "-p", help="test | quick | paper."),
+    overrides: list[str] = typer.Option([], "--set", "-s", help="Override a config field: key=value."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Run seed."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
+    out: Path = typer.Option(Path("runs"), "--out", "-o", help="Folder for run directories."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the newest unfinished run of this config."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train a defense on a task, evaluate it, and write a result card."""
+    cfg = configs.resolve(preset, overrides, **{"task.name": task, "defense": defense, "seed": seed,
+                                                "device": device})
+    result = runner.run(cfg, out=out, resume=resume, progress=not quiet)
+    _print_card(result)
+
+
+def _print_card(result: runner.RunResult) -> None:
+    card = result.card
+    table = Table(title=f"{card['task']} / {card['defense']}  (preset {card['preset']}, seed {card['seed']})")
+    table.add_column("variant")
+    classes = [c for c in card["utility"][0]["dice"] if c != "mean"]
+    for name in classes + ["mean"]:
+        table.add_column(f"Dice {name}", justify="right")
+    for entry in card["utility"]:
+        table.add_row(entry["variant"], *(f"{entry['dice'][c]:.3f}" for c in classes + ["mean"]))
+    console.print(table)
+    t = card["timings"]
+    console.print(f"training {t['train_seconds']:.0f} s ({t['train_it_per_s']:.2f} it/s), "
+                  f"inference {t['infer_seconds_per_volume']:.2f} s/volume on {card['device']['type']}")
+    console.print(f"card: {result.run_dir / 'card.json'}")
+
+
+@app.command("list")
+@_friendly
+def list_(
+    kind: str = typer.Argument(..., help="tasks | defenses | attacks"),
+    pattern: str = typer.Argument("*", help="Wildcard filter, e.g. 'mni-*'."),
+) -> None:
+    """List registered tasks, defenses or attacks."""
+    if kind not in REGISTRIES:
+        raise PrivbenchError(f"cannot list {kind!r}: choose tasks, defenses or attacks")
+    table = Table(title=f"privbench {kind}")
+    for column in ("name", "description", "paper", "requires", "from"):
+        table.add_column(column, overflow="fold")
+    for entry in REGISTRIES[kind].entries(pattern):
+        table.add_row(entry.name, entry.description, entry.paper, ", ".join(entry.requires) or "-",
+                      entry.source)
+    console.print(table)
+
+
+@app.command()
+@_friendly
+def leaderboard(
+    root: Path = typer.Argument(..., help="Folder searched for card.json files."),
+    output: Path = typer.Option(Path("leaderboard.csv"), "--output", "-o", help="CSV to write."),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", help="Markdown table (default: beside the CSV)."),
+) -> None:
+    """Collect every result card under ROOT into a CSV and a Markdown table."""
+    board = boards.collect(root)
+    for path, reason in board.unreadable:
+        errors.print(f"[yellow]warning:[/] skipped {path}: {reason}", highlight=False, soft_wrap=True)
+    boards.write(board, output, markdown)
+    console.print(f"{len(board.table)} rows from {root} -> {output}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="privbench")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""Typed run configuration, presets and ``--set key=value`` overrides.
+
+A run is described by one :class:`RunConfig`. It starts from a preset (``test``, ``quick``,
+``paper``), then ``--set`` overrides are applied by dotted key (``train.iterations=500``,
+``task.spacing=1``, ``seed=3``). Values are parsed by the field's type; unknown keys and bad
+values raise :class:`~privbench.errors.PrivbenchError`. :func:`config_hash` fingerprints
+everything that can change a result, so cards from equal configs can be compared and an
+interrupted run can be resumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from privbench.errors import PrivbenchError
+
+
+@dataclass
+class TaskConfig:
+    """Which dataset, at which resolution, and how the embedded cohort is generated and split."""
+
+    name: str = "mni-tissue"
+    spacing: float = 2.0  # mm; 1.0 gives 144x192x160 volumes, 2.0 gives 72x96x80
+    n_subjects: int = 32
+    min_scans: int = 2  # scans per subject, drawn uniformly from [min_scans, max_scans]
+    max_scans: int = 4
+    test_fraction: float = 0.25  # of subjects
+    public_fraction: float = 0.2  # of subjects: the attacker's public pool
+    reference_subjects: int = 6  # training subjects whose labelled scans form the client's reference pool
+    max_test_scans: int = 0  # evaluate on at most this many test scans (0: all)
+    cohort_seed: int = 0  # seed of the synthetic cohort, independent of the run's seed
+    cache_dir: str = ""  # "" -> $PRIVBENCH_CACHE or ~/.cache/privbench
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation of the defense's networks (random patches, DiceCE, Adam)."""
+
+    iterations: int = 300
+    batch_size: int = 4
+    patch_size: int = 32  # cubic patches; U-Net++ needs a multiple of 16, instance norm >= 32
+    lr: float = 1e-3
+    features: tuple[int, ...] = (16, 16, 32, 64, 128, 16)  # MONAI BasicUNetPlusPlus widths
+    checkpoint_every: int = 100
+    amp: bool = True  # bfloat16 autocast, used on CUDA only
+
+
+@dataclass
+class EvalConfig:
+    """Full-volume inference with MONAI's sliding window."""
+
+    sw_overlap: float = 0.25
+    sw_batch_size: int = 8
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines one run: task, defense, seed, training and evaluation."""
+
+    defense: str = "none"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    preset: str = "quick"
+    task: TaskConfig = field(default_factory=TaskConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # seconds on a laptop CPU: the test suite's end-to-end runs
+    "test": {
+        "task.spacing": 4.0, "task.n_subjects": 8, "task.min_scans": 2, "task.max_scans": 3,
+        "task.reference_subjects": 2, "task.max_test_scans": 2,
+        "train.iterations": 3, "train.batch_size": 2, "train.patch_size": 32,
+        "train.features": (8, 8, 16, 16, 32, 8), "train.checkpoint_every": 2,
+        "eval.sw_batch_size": 4,
+    },
+    # the default: a whole run in under ten minutes on two CPU cores (2 mm cohort)
+    "quick": {},
+    # the paper's settings (DESIGN.md): PPMI-sized cohort at 1 mm, 200k iterations, Adam 1e-4
+    "paper": {
+        "task.spacing": 1.0, "task.n_subjects": 350, "task.min_scans": 2, "task.max_scans": 3,
+        "task.test_fraction": 0.23, "task.public_fraction": 0.15, "task.reference_subjects": 50,
+        "train.iterations": 200_000, "train.batch_size": 4, "train.patch_size": 32,
+        "train.lr": 1e-4, "train.features": (32, 32, 64, 128, 256, 32),
+        "train.checkpoint_every": 5_000,
+    },
+}
+
+# fields that do not change results, left out of the hash
+_UNHASHED = {"device", "preset", "eval.sw_batch_size", "train.checkpoint_every", "task.cache_dir"}
+
+
+def resolve(preset: str = "quick", overrides: list[str] | dict[str, Any] | None = None,
+            **top: Any) -> RunConfig:
+    """Build a :class:`RunConfig` from a preset, then ``key=value`` overrides.
+
+    ``overrides`` is a list of ``"key=value"`` strings (as typed after ``--set``) or a dict
+    of already-typed values; ``top`` sets top-level or dotted fields by keyword (used by the
+    CLI for ``--defense``, ``--seed`` ...; ``None`` values are ignored).
+    """
+    if preset not in PRESETS:
+        close = difflib.get_close_matches(preset, PRESETS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise PrivbenchError(f"unknown preset {preset!r}{hint} (available: {', '.join(PRESETS)})")
+    cfg = RunConfig(preset=preset)
+    for key, value in PRESETS[preset].items():
+        set_value(cfg, key, value)
+    for key, value in top.items():
+        if value is not None:
+            set_value(cfg, key, value)
+    items = overrides.items() if isinstance(overrides, dict) else map(_split, overrides or [])
+    for key, value in items:
+        set_value(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def _split(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise PrivbenchError(f"bad --set {item!r}: expected key=value, e.g. train.iterations=500")
+    return key.strip(), value.strip()
+
+
+def keys(cfg: Any = None, prefix: str = "") -> list[str]:
+    """All dotted keys of a config (the names ``--set`` accepts)."""
+    cfg = RunConfig() if cfg is None else cfg
+    out = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out += keys(value, f"{prefix}{f.name}.")
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
+def set_value(cfg: RunConfig, key: str, value: Any) -> None:
+    """Set the dotted ``key`` of ``cfg`` to ``value``, parsing strings by the field's type."""
+    *parents, leaf = key.split(".")
+    node: Any = cfg
+    for part in parents:
+        node = getattr(node, part, None)
+        if not dataclasses.is_dataclass(node):
+            break
+    types = typing.get_type_hints(type(node)) if dataclasses.is_dataclass(node) else {}
+    if leaf not in types or dataclasses.is_dataclass(getattr(node, leaf)):
+        close = difflib.get_close_matches(key, keys(), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise PrivbenchError(f"unknown config key {key!r}{hint}")
+    setattr(node, leaf, _parse(key, value, types[leaf]))
+
+
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True,
+          "0": False, "false": False, "no": False, "off": False}
+
+
+def _parse(key: str, value: Any, kind: Any) -> Any:
+    """Coerce ``value`` (text from the command line, or a typed value) to the field's type."""
+    try:
+        if typing.get_origin(kind) is tuple:
+            items = value.strip("()[] ").split(",") if isinstance(value, str) else value
+            return tuple(int(v) for v in items if str(v).strip())
+        if isinstance(value, str):
+            return _BOOLS[value.lower()] if kind is bool else kind(value)
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind in (int, float) and not isinstance(value, bool):
+            if kind is int and not float(value).is_integer():
+                raise ValueError
+            return kind(value)
+    except (KeyError, TypeError, ValueError):
+        pass
+    name = "comma-separated ints" if typing.get_origin(kind) is tuple else kind.__name__
+    raise PrivbenchError(f"bad value for {key}: {value!r} is not a valid {name}")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Reject values that cannot work, with the key that is wrong."""
+    checks = [
+        (cfg.task.spacing in (1.0, 2.0, 4.0), "task.spacing must be 1, 2 or 4 (mm)"),
+        (cfg.task.n_subjects >= 4, "task.n_subjects must be at least 4"),
+        (1 <= cfg.task.min_scans <= cfg.task.max_scans, "task.min_scans must be >= 1 and <= task.max_scans"),
+        (0 < cfg.task.test_fraction < 1, "task.test_fraction must be in (0, 1)"),
+        (0 <= cfg.task.public_fraction < 1 - cfg.task.test_fraction,
+         "task.public_fraction must be >= 0 and leave subjects for training"),
+        (cfg.task.reference_subjects >= 1, "task.reference_subjects must be >= 1"),
+        (cfg.task.max_test_scans >= 0, "task.max_test_scans must be >= 0"),
+        (cfg.train.iterations >= 0, "train.iterations must be >= 0"),
+        (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
+        (cfg.train.patch_size >= 32 and cfg.train.patch_size % 16 == 0,
+         "train.patch_size must be a multiple of 16 and at least 32 (U-Net++ downsamples 4 times)"),
+        (cfg.train.lr > 0, "train.lr must be > 0"),
+        (len(cfg.train.features) == 6 and min(cfg.train.features) >= 1,
+         "train.features must be 6 positive ints (BasicUNetPlusPlus)"),
+        (cfg.train.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
+        (0 <= cfg.eval.sw_overlap < 1, "eval.sw_overlap must be in [0, 1)"),
+        (cfg.eval.sw_batch_size >= 1, "eval.sw_batch_size must be >= 1"),
+        (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
+         "device must be auto, cpu, cuda or cuda:N"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise PrivbenchError(message)
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The config as plain JSON-able data (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    """Rebuild a config written by :func:`to_dict` (e.g. from a card)."""
+    cfg = RunConfig()
+    for key, value in _flatten(data).items():
+        set_value(cfg, key, value)
+    return cfg
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """Short SHA-256 of every result-changing field (device, preset name, cache path excluded)."""
+    flat = {k: v for k, v in _flatten(to_dict(cfg)).items() if k not in _UNHASHED}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]

@@ -1,0 +1,187 @@
+"""Training and inference machinery shared by every defense.
+
+- :class:`PatchSampler` draws random cubic patches; batch ``i`` depends only on the seed and
+  ``i``, so a resumed run sees exactly the batches an uninterrupted one would.
+- :func:`train` runs any defense's update ``step`` for the configured iterations with a rich
+  progress bar, a log line every few percent, and a checkpoint every ``checkpoint_every``
+  iterations; if the work folder already holds a checkpoint, training resumes from it.
+- :func:`sliding_window_predict` turns a patch network into full-volume class probabilities
+  with MONAI's sliding-window inference (bfloat16 autocast on CUDA when AMP is on).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from privbench.config import EvalConfig, TrainConfig
+from privbench.errors import PrivbenchError
+from privbench.tasks.base import Task
+
+log = logging.getLogger("privbench")
+CHECKPOINT = "checkpoint.pt"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; an unavailable CUDA request is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PrivbenchError(f"device {name!r} requested but CUDA is not available here")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch, and ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on CUDA when ``enabled``; a no-op on CPU."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class Batch:
+    """A training batch: images ``[B,1,p,p,p]``, labels ``[B,p,p,p]`` and their subjects."""
+
+    image: torch.Tensor
+    label: torch.Tensor
+    subjects: list[str]
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(self.image.to(device), self.label.to(device), self.subjects)
+
+
+class PatchSampler:
+    """Uniformly random scans and patch positions from one role of a task."""
+
+    def __init__(self, task: Task, patch_size: int, batch_size: int, seed: int, role: str = "train"):
+        self.scans = task.scans(role)
+        if not self.scans:
+            raise PrivbenchError(f"task {task.name!r} has no {role} scans")
+        self.volumes = [task.arrays(scan) for scan in self.scans]  # memory-mapped, not copied
+        self.patch_size, self.batch_size, self.seed = patch_size, batch_size, seed
+
+    def batch(self, iteration: int) -> Batch:
+        rng = np.random.default_rng([self.seed, iteration])
+        p, images, labels, subjects = self.patch_size, [], [], []
+        for index in rng.integers(len(self.volumes), size=self.batch_size):
+            image, label = self.volumes[index]
+            start = [int(rng.integers(0, max(n - p, 0) + 1)) for n in label.shape]
+            window = tuple(slice(s, s + p) for s in start)
+            images.append(_pad_to(torch.tensor(image[window], dtype=torch.float32)[None], p))
+            labels.append(_pad_to(torch.tensor(label[window], dtype=torch.int64), p))
+            subjects.append(self.scans[index].subject)
+        return Batch(torch.stack(images), torch.stack(labels), subjects)
+
+
+def _pad_to(t: torch.Tensor, p: int) -> torch.Tensor:
+    """Zero-pad the last three dims up to ``p`` (for volumes smaller than a patch)."""
+    pad = [x for n in reversed(t.shape[-3:]) for x in (0, p - n)]
+    return torch.nn.functional.pad(t, pad) if any(pad) else t
+
+
+@dataclass
+class TrainReport:
+    """What training did in this process (a resumed run counts only its own iterations)."""
+
+    iterations: int
+    start_iteration: int
+    seconds: float
+    last_losses: dict[str, float]
+
+    @property
+    def it_per_s(self) -> float:
+        done = self.iterations - self.start_iteration
+        return done / self.seconds if self.seconds > 0 else 0.0
+
+
+Step = Callable[[Batch, int], dict[str, float]]
+
+
+def train(step: Step, sampler: PatchSampler, cfg: TrainConfig, *, state: dict[str, Any],
+          device: torch.device, workdir: Path | None = None, progress: bool = True,
+          name: str = "train") -> TrainReport:
+    """Call ``step(batch, iteration)`` for iterations ``[start, cfg.iterations)``.
+
+    ``state`` maps names to modules and optimizers (anything with ``state_dict``): they are
+    saved to ``workdir/checkpoint.pt`` every ``cfg.checkpoint_every`` iterations and at the end,
+    and restored from it first when it exists. ``step`` does the update and returns its losses.
+    """
+    start = load_checkpoint(workdir, state) if workdir else 0
+    if start:
+        log.info("resuming %s from iteration %d", name, start)
+    losses: dict[str, float] = {}
+    every = max(1, cfg.iterations // 20)
+    began = time.perf_counter()
+    with _progress_bar(progress) as bar:
+        task = bar.add_task(name, total=cfg.iterations, completed=start, info="")
+        for iteration in range(start, cfg.iterations):
+            losses = step(sampler.batch(iteration).to(device), iteration)
+            done = iteration + 1
+            rate = (done - start) / (time.perf_counter() - began)
+            text = " ".join(f"{k} {v:.4f}" for k, v in losses.items())
+            bar.update(task, completed=done, info=f"{text} | {rate:.2f} it/s")
+            if done % every == 0 or done == cfg.iterations:
+                log.info("%s iter %d/%d %s %.2f it/s", name, done, cfg.iterations, text, rate)
+            if workdir and (done % cfg.checkpoint_every == 0 or done == cfg.iterations):
+                save_checkpoint(workdir, state, done)
+    return TrainReport(cfg.iterations, start, time.perf_counter() - began, losses)
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool) -> Iterator[Progress]:
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+    with Progress(*columns, disable=not enabled, transient=False) as bar:
+        yield bar
+
+
+def save_checkpoint(workdir: Path, state: dict[str, Any], iteration: int) -> None:
+    """Write the checkpoint atomically (a crash mid-write keeps the previous one)."""
+    payload = {"iteration": iteration, "state": {k: v.state_dict() for k, v in state.items()}}
+    tmp = workdir / f".{CHECKPOINT}.tmp"
+    torch.save(payload, tmp)
+    os.replace(tmp, workdir / CHECKPOINT)
+
+
+def load_checkpoint(workdir: Path, state: dict[str, Any]) -> int:
+    """Restore ``state`` from ``workdir/checkpoint.pt``; return its iteration (0 if none)."""
+    path = workdir / CHECKPOINT
+    if not path.exists():
+        return 0
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        for key, obj in state.items():
+            obj.load_state_dict(payload["state"][key])
+        return int(payload["iteration"])
+    except Exception as exc:  # a damaged or foreign checkpoint is the user's to remove
+        raise PrivbenchError(f"cannot resume from {path}: {exc}") from exc
+
+
+@torch.no_grad()
+def sliding_window_predict(net: Callable[[torch.Tensor], torch.Tensor], volume: torch.Tensor,
+                           patch_size: int, cfg: EvalConfig, device: torch.device,
+                           amp: bool = True) -> torch.Tensor:
+    """Softmax probabilities ``[B,C,D,H,W]`` of ``net`` over whole volumes ``[B,Cin,D,H,W]``."""
+    with autocast(device, amp):
+        logits = sliding_window_inference(volume.to(device), (patch_size,) * 3, cfg.sw_batch_size,
+                                          net, overlap=cfg.sw_overlap, mode="gaussian")
+    return torch.softmax(logits.float(), dim=1)

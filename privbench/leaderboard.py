@@ -1,0 +1,79 @@
+"""Result cards -> leaderboard tables (CSV and Markdown).
+
+Every card found under a folder contributes one row per evaluated variant (and, once attacks
+exist, per attack): task, defense, variant, attack, seed, metrics, timings and config hash.
+Cards that cannot be read are reported, not fatal.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from privbench.card import CARD, read_card, write_text_atomic
+from privbench.errors import PrivbenchError
+
+ID_COLUMNS = ["task", "defense", "variant", "attack", "seed", "preset"]
+TAIL_COLUMNS = ["train_seconds", "train_it_per_s", "infer_seconds_per_volume", "config_hash", "run_id"]
+
+
+@dataclass
+class Leaderboard:
+    """The rows built from readable cards, and the cards that could not be read (path, reason)."""
+
+    table: pd.DataFrame
+    unreadable: list[tuple[Path, str]]
+
+
+def card_rows(card: dict[str, Any]) -> list[dict[str, Any]]:
+    """One flat row per utility variant of a card."""
+    timings = card.get("timings", {})
+    common = {"task": card["task"], "defense": card["defense"], "attack": "", "seed": card["seed"],
+              "preset": card.get("preset", ""), "config_hash": card["config_hash"],
+              "run_id": card["run_id"], **{k: timings.get(k) for k in TAIL_COLUMNS[:3]}}
+    return [{**common, "variant": entry["variant"],
+             **{f"dice_{name}": value for name, value in entry["dice"].items()}}
+            for entry in card.get("utility", [])]
+
+
+def collect(root: str | Path) -> Leaderboard:
+    """Read every ``card.json`` below ``root`` into one table."""
+    root = Path(root)
+    if not root.is_dir():
+        raise PrivbenchError(f"no such folder: {root}")
+    rows: list[dict[str, Any]] = []
+    unreadable: list[tuple[Path, str]] = []
+    for path in sorted(root.rglob(CARD)):
+        try:
+            rows += card_rows(read_card(path))
+        except (PrivbenchError, KeyError, TypeError) as exc:
+            unreadable.append((path, str(exc) if isinstance(exc, PrivbenchError) else f"missing {exc}"))
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        metrics = sorted(c for c in table.columns if c not in ID_COLUMNS + TAIL_COLUMNS)
+        table = table[ID_COLUMNS + metrics + TAIL_COLUMNS].sort_values(ID_COLUMNS[:4], kind="stable")
+    return Leaderboard(table.reset_index(drop=True), unreadable)
+
+
+def to_markdown(table: pd.DataFrame, digits: int = 3) -> str:
+    """A GitHub-flavoured Markdown table (floats rounded to ``digits``)."""
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return "" if math.isnan(value) else f"{value:.{digits}f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def write(board: Leaderboard, csv_path: str | Path, markdown_path: str | Path | None = None) -> None:
+    """Write the CSV (and the Markdown table, by default beside it as ``.md``) atomically."""
+    csv_path = Path(csv_path)
+    markdown_path = Path(markdown_path) if markdown_path else csv_path.with_suffix(".md")
+    write_text_atomic(csv_path, board.table.to_csv(index=False))
+    write_text_atomic(markdown_path, to_markdown(board.table))

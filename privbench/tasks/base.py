@@ -1,0 +1,87 @@
+"""What every task provides: labelled scans with subject identities, split by role.
+
+A task is a list of :class:`Scan` records (subject, session, image file, label file) split
+into four roles, always disjoint by subject where it matters for privacy:
+
+- ``train``: the client's labelled training scans;
+- ``test``: the victims; never used for training, references or the attacker's data;
+- ``reference``: the client's private reference pool (labelled), a subset of ``train``;
+- ``public``: the attacker's public pool, sharing no subject with any other role.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from privbench.errors import PrivbenchError
+
+ROLES = ("train", "test", "reference", "public")
+
+
+@dataclass(frozen=True)
+class Scan:
+    """One scan of one subject, stored as a NIfTI image and a NIfTI label map."""
+
+    subject: str
+    session: str
+    image: Path
+    label: Path
+
+
+class Task:
+    """A segmentation dataset: class names, voxel spacing and scans by role."""
+
+    name: str = ""
+    class_names: tuple[str, ...] = ()  # including "background" at index 0
+
+    def __init__(self, splits: dict[str, list[Scan]], spacing: float, patch_size: int):
+        missing = [role for role in ROLES if role not in splits]
+        if missing:
+            raise ValueError(f"task splits lack roles {missing}")
+        self.splits = splits
+        self.spacing = spacing
+        self.patch_size = patch_size
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def scans(self, role: str) -> list[Scan]:
+        return self.splits[role]
+
+    def subjects(self, role: str) -> list[str]:
+        return sorted({scan.subject for scan in self.splits[role]})
+
+    def arrays(self, scan: Scan) -> tuple[np.ndarray, np.ndarray]:
+        """Image and label voxels ``[D,H,W]`` as stored (memory-mapped where the file allows)."""
+        return read_volume(scan.image), read_volume(scan.label)
+
+    def load(self, scan: Scan) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image ``[1,D,H,W]`` float32 in [0, 1] and label ``[D,H,W]`` int64 of one scan."""
+        image, label = self.arrays(scan)
+        return torch.from_numpy(np.array(image, dtype=np.float32))[None], torch.from_numpy(
+            np.array(label, dtype=np.int64))
+
+    def summary(self) -> dict[str, object]:
+        """Counts and settings for the result card."""
+        return {
+            "task": self.name,
+            "classes": list(self.class_names),
+            "spacing_mm": self.spacing,
+            "patch_size": self.patch_size,
+            **{f"{role}_scans": len(scans) for role, scans in self.splits.items()},
+            **{f"{role}_subjects": len(self.subjects(role)) for role in self.splits},
+        }
+
+
+def read_volume(path: Path) -> np.ndarray:
+    """A NIfTI volume's voxels (memory-mapped when uncompressed); unreadable files raise clearly."""
+    try:
+        return np.asanyarray(nib.load(str(path), mmap=True).dataobj)
+    except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        raise PrivbenchError(f"cannot read {path}: {exc}") from exc
