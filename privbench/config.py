@@ -46,6 +46,7 @@ class TrainConfig:
     batch_size: int = 4
     patch_size: int = 32  # cubic patches; U-Net++ needs a multiple of 16, instance norm >= 32
     lr: float = 1e-3
+    lr_schedule: str = "poly"  # constant | poly: lr * (1 - iteration / iterations) ** 0.9 (nnU-Net)
     features: tuple[int, ...] = (16, 16, 32, 64, 128, 16)  # MONAI BasicUNetPlusPlus widths
     checkpoint_every: int = 100
     amp: bool = True  # bfloat16 autocast, used on CUDA only
@@ -198,6 +199,7 @@ def validate(cfg: RunConfig) -> None:
         (cfg.train.patch_size >= 32 and cfg.train.patch_size % 16 == 0,
          "train.patch_size must be a multiple of 16 and at least 32 (U-Net++ downsamples 4 times)"),
         (cfg.train.lr > 0, "train.lr must be > 0"),
+        (cfg.train.lr_schedule in ("constant", "poly"), "train.lr_schedule must be constant or poly"),
         (len(cfg.train.features) == 6 and min(cfg.train.features) >= 1,
          "train.features must be 6 positive ints (BasicUNetPlusPlus)"),
         (cfg.train.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),

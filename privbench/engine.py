@@ -57,6 +57,21 @@ def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractC
     return contextlib.nullcontext()
 
 
+def learning_rate(cfg: TrainConfig, iteration: int) -> float:
+    """The learning rate at ``iteration``: constant, or nnU-Net's poly decay to 0.
+
+    A pure function of the iteration, so a resumed run follows the same schedule.
+    """
+    if cfg.lr_schedule == "poly":
+        return cfg.lr * (1 - iteration / max(cfg.iterations, 1)) ** 0.9
+    return cfg.lr
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 @dataclass
 class Batch:
     """A training batch: images ``[B,1,p,p,p]``, labels ``[B,p,p,p]`` and their subjects."""
@@ -141,8 +156,10 @@ def train(step: Step, sampler: PatchSampler, cfg: TrainConfig, *, state: dict[st
             bar.update(task, completed=done, info=f"{text} | {rate:.2f} it/s")
             if done % every == 0 or done == cfg.iterations:
                 log.info("%s iter %d/%d %s %.2f it/s", name, done, cfg.iterations, text, rate)
-            if workdir and (done % cfg.checkpoint_every == 0 or done == cfg.iterations):
+            if workdir and done % cfg.checkpoint_every == 0 and done < cfg.iterations:
                 save_checkpoint(workdir, state, done)
+    if workdir:
+        save_checkpoint(workdir, state, max(start, cfg.iterations))
     return TrainReport(cfg.iterations, start, time.perf_counter() - began, losses)
 
 

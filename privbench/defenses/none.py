@@ -32,11 +32,13 @@ class NoProxy(Defense):
         self.eval_cfg, self.amp = cfg.eval, cfg.train.amp
         self.net = SegmentationNet(1, task.num_classes, cfg.train.features).to(device)
         optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.train.lr)
-        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        # Dice over the whole batch: small classes absent from one patch do not add noise
+        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
         sampler = engine.PatchSampler(task, cfg.train.patch_size, cfg.train.batch_size, cfg.seed)
 
         def step(batch: engine.Batch, iteration: int) -> dict[str, float]:
             self.net.train()
+            engine.set_learning_rate(optimizer, engine.learning_rate(cfg.train, iteration))
             optimizer.zero_grad(set_to_none=True)
             with engine.autocast(device, self.amp):
                 logits = self.net(batch.image)

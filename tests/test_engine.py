@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from privbench import engine
+from privbench.config import EvalConfig
+from privbench.defenses.none import NoProxy
+from privbench.registry import create_task
+
+
+def test_patch_batches_depend_only_on_seed_and_iteration(test_cfg):
+    task = create_task("mni-tissue", cfg=test_cfg)
+    sampler = engine.PatchSampler(task, patch_size=32, batch_size=3, seed=5)
+    a, b, c = sampler.batch(7), sampler.batch(7), sampler.batch(8)
+    assert a.image.shape == (3, 1, 32, 32, 32) and a.label.shape == (3, 32, 32, 32)
+    assert a.label.dtype == torch.int64 and a.image.dtype == torch.float32
+    assert torch.equal(a.image, b.image) and torch.equal(a.label, b.label) and a.subjects == b.subjects
+    assert not torch.equal(a.image, c.image)
+    assert set(a.subjects) <= set(task.subjects("train"))
+
+
+def test_resumed_training_equals_uninterrupted(test_cfg, tmp_path):
+    """Stop after 2 of 4 iterations, resume from the checkpoint: same weights as 4 straight."""
+    task = create_task("mni-tissue", cfg=test_cfg)
+    device = torch.device("cpu")
+    test_cfg.train.iterations, test_cfg.train.checkpoint_every = 4, 2
+    straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
+    straight_dir.mkdir(), resumed_dir.mkdir()
+
+    torch.manual_seed(0)
+    straight = NoProxy()
+    report = straight.fit(task, test_cfg, device=device, progress=False, workdir=straight_dir)
+    assert report.iterations == 4 and report.start_iteration == 0
+
+    test_cfg.train.iterations = 2
+    torch.manual_seed(0)
+    NoProxy().fit(task, test_cfg, device=device, progress=False, workdir=resumed_dir)
+    test_cfg.train.iterations = 4
+    torch.manual_seed(123)  # a different init must be overwritten by the checkpoint
+    resumed = NoProxy()
+    report = resumed.fit(task, test_cfg, device=device, progress=False, workdir=resumed_dir)
+    assert report.start_iteration == 2 and report.iterations == 4
+
+    for (name, a), (_, b) in zip(straight.net.state_dict().items(), resumed.net.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_training_lowers_the_loss(test_cfg):
+    task = create_task("mni-tissue", cfg=test_cfg)
+    test_cfg.train.iterations, test_cfg.train.lr = 12, 3e-3
+    losses = []
+    defense = NoProxy()
+    original = engine.train
+
+    def recording_train(step, *args, **kwargs):
+        return original(lambda batch, i: losses.append(step(batch, i)["loss"]) or {"loss": losses[-1]},
+                        *args, **kwargs)
+
+    engine.train = recording_train
+    try:
+        defense.fit(task, test_cfg, device=torch.device("cpu"), progress=False)
+    finally:
+        engine.train = original
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.1
+
+
+def test_full_volume_prediction_is_a_probability_map(test_cfg):
+    task = create_task("mni-tissue", cfg=test_cfg)
+    defense = NoProxy()
+    defense.fit(task, test_cfg, device=torch.device("cpu"), progress=False)
+    image, _ = task.load(task.scans("test")[0])
+    probs = defense.segment(image[None])
+    assert probs.shape == (1, 4, *image.shape[1:])
+    assert torch.allclose(probs.sum(1), torch.ones(1), atol=1e-5) and probs.min() >= 0
+    assert torch.equal(defense.encode(image, None), image)  # the baseline's proxy is the scan
+    direct = engine.sliding_window_predict(defense.net, image[None], 32, EvalConfig(), torch.device("cpu"))
+    assert torch.allclose(direct, probs)
+
+
+def test_learning_rate_schedules():
+    from privbench.config import TrainConfig
+
+    poly = TrainConfig(lr=0.01, iterations=100, lr_schedule="poly")
+    assert engine.learning_rate(poly, 0) == 0.01
+    assert engine.learning_rate(poly, 50) == pytest.approx(0.01 * 0.5 ** 0.9)
+    assert engine.learning_rate(poly, 100) == 0
+    constant = TrainConfig(lr=0.01, iterations=100, lr_schedule="constant")
+    assert engine.learning_rate(constant, 99) == 0.01

@@ -1,0 +1,73 @@
+import importlib.metadata
+import sys
+import textwrap
+
+import pytest
+
+from privbench import registry
+from privbench.errors import PrivbenchError
+from privbench.registry import Registry, UnknownNameError
+
+
+def test_builtins_are_registered_with_metadata():
+    assert "mni-tissue" in registry.list_tasks()
+    assert "none" in registry.list_defenses()
+    entry = registry.DEFENSES.get("none")
+    assert entry.description and entry.paper and entry.source == "privbench"
+
+
+def test_wildcard_filters():
+    reg = Registry("toy", "privbench.attacks", "privbench.toy-group-nobody-uses")
+    for name in ("alpha-one", "alpha-two", "beta"):
+        reg.register(name, description=name)(lambda name=name: name)
+    assert reg.names() == ["alpha-one", "alpha-two", "beta"]
+    assert reg.names("alpha-*") == ["alpha-one", "alpha-two"]
+    assert reg.names(["beta", "*-two"]) == ["alpha-two", "beta"]
+    assert reg.names("gamma*") == []
+    assert reg.create("beta") == "beta"
+
+
+def test_unknown_name_suggests_close_match():
+    with pytest.raises(UnknownNameError, match=r"unknown defense 'nnoe'; did you mean 'none'\?"):
+        registry.create_defense("nnoe")
+    with pytest.raises(PrivbenchError, match="available: .*mni-tissue"):
+        registry.TASKS.get("zzzz")
+
+
+def test_duplicate_registration_is_refused():
+    reg = Registry("toy", "privbench.attacks", "privbench.toy-group-nobody-uses")
+    reg.register("x", description="first")(lambda: 1)
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("x", description="second")(lambda: 2)
+
+
+def test_entry_point_plugins_are_discovered(tmp_path, monkeypatch):
+    (tmp_path / "toy_plugin.py").write_text(textwrap.dedent('''
+        from privbench.registry import register_attack
+
+        @register_attack("toy-attack", description="A toy attack", paper="nobody", requires=("x",))
+        def toy_attack():
+            return "built"
+
+        def bare_factory():
+            """Registered through its entry point name."""
+            return "bare"
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    group = "privbench.toy-plugins"
+    eps = [importlib.metadata.EntryPoint("toy-attack", "toy_plugin", group),
+           importlib.metadata.EntryPoint("bare", "toy_plugin:bare_factory", group),
+           importlib.metadata.EntryPoint("broken", "no_such_module_xyz", group)]
+    monkeypatch.setattr(registry, "entry_points",
+                        lambda group: [ep for ep in eps if ep.group == group])
+    reg = Registry("attack", "privbench.attacks", group)
+    monkeypatch.setattr(registry, "ATTACKS", reg)
+    monkeypatch.setattr(registry, "register_attack", reg.register)
+    with pytest.warns(UserWarning, match="could not load attack plugin 'broken'"):
+        names = reg.names()
+    assert names == ["bare", "toy-attack"]
+    assert reg.create("toy-attack") == "built"
+    assert reg.get("toy-attack").requires == ("x",)
+    assert reg.get("toy-attack").source == "toy_plugin"
+    assert reg.get("bare").description == "Registered through its entry point name."
+    sys.modules.pop("toy_plugin", None)
