@@ -42,8 +42,8 @@ class TaskConfig:
 class TrainConfig:
     """Optimisation of the defense's networks (random patches, DiceCE, Adam)."""
 
-    iterations: int = 300
-    batch_size: int = 4
+    iterations: int = 800
+    batch_size: int = 2
     patch_size: int = 32  # cubic patches; U-Net++ needs a multiple of 16, instance norm >= 32
     lr: float = 1e-3
     lr_schedule: str = "poly"  # constant | poly: lr * (1 - iteration / iterations) ** 0.9 (nnU-Net)

@@ -46,7 +46,9 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
     With ``resume``, the newest unfinished run of the same config hash under ``out`` is
     continued from its last checkpoint (an error if there is none).
     """
-    TASKS.get(cfg.task.name), DEFENSES.get(cfg.defense)  # unknown names fail before any work
+    TASKS.get(cfg.task.name)  # unknown names fail before any work is done
+    DEFENSES.get(cfg.defense)
+    device = engine.resolve_device(cfg.device)
     digest = config_hash(cfg)
     if resume:
         run_dir = cards.find_resumable(Path(out), cfg.task.name, cfg.defense, digest)
@@ -60,8 +62,7 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
     with _log_to(run_dir / "run.log"):
         log.info("run %s: task %s, defense %s, preset %s, seed %d, config %s", run_dir.name,
                  cfg.task.name, cfg.defense, cfg.preset, cfg.seed, digest)
-        engine.seed_everything(cfg.seed)
-        device = engine.resolve_device(cfg.device)
+        engine.seed_everything(cfg.seed, deterministic=device.type == "cpu")
         began = time.perf_counter()
         task = create_task(cfg.task.name, cfg=cfg)
         data_seconds = time.perf_counter() - began

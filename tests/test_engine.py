@@ -18,8 +18,8 @@ def test_patch_batches_depend_only_on_seed_and_iteration(test_cfg):
     assert set(a.subjects) <= set(task.subjects("train"))
 
 
-def test_resumed_training_equals_uninterrupted(test_cfg, tmp_path):
-    """Stop after 2 of 4 iterations, resume from the checkpoint: same weights as 4 straight."""
+def test_resumed_training_equals_uninterrupted(test_cfg, tmp_path, monkeypatch):
+    """Die after the checkpoint at iteration 2 of 4, resume: same weights as 4 straight."""
     task = create_task("mni-tissue", cfg=test_cfg)
     device = torch.device("cpu")
     test_cfg.train.iterations, test_cfg.train.checkpoint_every = 4, 2
@@ -31,10 +31,18 @@ def test_resumed_training_equals_uninterrupted(test_cfg, tmp_path):
     report = straight.fit(task, test_cfg, device=device, progress=False, workdir=straight_dir)
     assert report.iterations == 4 and report.start_iteration == 0
 
-    test_cfg.train.iterations = 2
+    original = engine.PatchSampler.batch
+
+    def dying_batch(self, iteration):
+        if iteration == 2:
+            raise KeyboardInterrupt
+        return original(self, iteration)
+
+    monkeypatch.setattr(engine.PatchSampler, "batch", dying_batch)
     torch.manual_seed(0)
-    NoProxy().fit(task, test_cfg, device=device, progress=False, workdir=resumed_dir)
-    test_cfg.train.iterations = 4
+    with pytest.raises(KeyboardInterrupt):
+        NoProxy().fit(task, test_cfg, device=device, progress=False, workdir=resumed_dir)
+    monkeypatch.setattr(engine.PatchSampler, "batch", original)
     torch.manual_seed(123)  # a different init must be overwritten by the checkpoint
     resumed = NoProxy()
     report = resumed.fit(task, test_cfg, device=device, progress=False, workdir=resumed_dir)
