@@ -6,7 +6,8 @@
   progress bar, a log line every few percent, and a checkpoint every ``checkpoint_every``
   iterations; if the work folder already holds a checkpoint, training resumes from it.
 - :func:`sliding_window_predict` turns a patch network into full-volume class probabilities
-  with MONAI's sliding-window inference (bfloat16 autocast on CUDA when AMP is on).
+  with MONAI's sliding-window inference (bfloat16 autocast when AMP is on and the device has
+  native bfloat16: CUDA, or a CPU with AMX / AVX512-BF16).
 """
 
 from __future__ import annotations
@@ -51,10 +52,23 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
+def amp_active(device: torch.device, requested: bool = True) -> bool:
+    """Whether bfloat16 autocast runs: on CUDA when requested, and on a CPU only when it has
+    native bfloat16 units (AMX or AVX512-BF16), where it is about twice as fast as float32;
+    elsewhere emulated bfloat16 would be slower, so float32 is kept."""
+    if not requested:
+        return False
+    if device.type == "cuda":
+        return True
+    native = (getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+              or getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+    return device.type == "cpu" and bool(native) and torch.backends.mkldnn.is_available()
+
+
 def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """bfloat16 autocast on CUDA when ``enabled``; a no-op on CPU."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bfloat16 autocast where :func:`amp_active` says so; otherwise a no-op."""
+    if amp_active(device, enabled):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

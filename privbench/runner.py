@@ -83,7 +83,7 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
             "config_hash": digest,
             "config": config,
             **cards.environment(device),
-            "amp": bool(cfg.train.amp and device.type == "cuda"),
+            "amp": engine.amp_active(device, cfg.train.amp),
             "data": task.summary(),
             "timings": {
                 "data_seconds": data_seconds,

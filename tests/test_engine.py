@@ -93,3 +93,16 @@ def test_learning_rate_schedules():
     assert engine.learning_rate(poly, 100) == 0
     constant = TrainConfig(lr=0.01, iterations=100, lr_schedule="constant")
     assert engine.learning_rate(constant, 99) == 0.01
+
+
+def test_amp_only_where_bfloat16_is_native(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert engine.amp_active(cuda) and not engine.amp_active(cuda, requested=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert not engine.amp_active(cpu)  # emulated bfloat16 would be slower than float32
+    with engine.autocast(cpu):
+        assert not torch.is_autocast_enabled("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert engine.amp_active(cpu) == torch.backends.mkldnn.is_available()
+    assert not engine.amp_active(cpu, requested=False)
