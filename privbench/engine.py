@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -60,9 +61,14 @@ def amp_active(device: torch.device, requested: bool = True) -> bool:
         return False
     if device.type == "cuda":
         return True
+    return device.type == "cpu" and _cpu_has_native_bfloat16()
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_has_native_bfloat16() -> bool:
     native = (getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
               or getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
-    return device.type == "cpu" and bool(native) and torch.backends.mkldnn.is_available()
+    return bool(native) and torch.backends.mkldnn.is_available()
 
 
 def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:

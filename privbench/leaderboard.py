@@ -18,7 +18,8 @@ from privbench.card import CARD, read_card, write_text_atomic
 from privbench.errors import PrivbenchError
 
 ID_COLUMNS = ["task", "defense", "variant", "attack", "seed", "preset"]
-TAIL_COLUMNS = ["train_seconds", "train_it_per_s", "infer_seconds_per_volume", "config_hash", "run_id"]
+TIMING_COLUMNS = ["train_seconds", "train_it_per_s", "infer_seconds_per_volume"]
+TAIL_COLUMNS = TIMING_COLUMNS + ["config_hash", "run_id"]
 
 
 @dataclass
@@ -34,7 +35,7 @@ def card_rows(card: dict[str, Any]) -> list[dict[str, Any]]:
     timings = card.get("timings", {})
     common = {"task": card["task"], "defense": card["defense"], "attack": "", "seed": card["seed"],
               "preset": card.get("preset", ""), "config_hash": card["config_hash"],
-              "run_id": card["run_id"], **{k: timings.get(k) for k in TAIL_COLUMNS[:3]}}
+              "run_id": card["run_id"], **{k: timings.get(k) for k in TIMING_COLUMNS}}
     return [{**common, "variant": entry["variant"],
              **{f"dice_{name}": value for name, value in entry["dice"].items()}}
             for entry in card.get("utility", [])]

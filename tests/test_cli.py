@@ -16,11 +16,10 @@ def invoke(*args):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, cache_dir):
     """One tiny end-to-end run through the CLI, shared by the tests below."""
-    import os
-
-    os.environ["PRIVBENCH_CACHE"] = str(cache_dir)
     out = tmp_path_factory.mktemp("runs")
-    result = invoke("run", "--preset", "test", "--defense", "none", "--out", out, "--quiet")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PRIVBENCH_CACHE", str(cache_dir))
+        result = invoke("run", "--preset", "test", "--defense", "none", "--out", out, "--quiet")
     assert result.exit_code == 0, result.output
     (card_path,) = out.glob("mni-tissue/none/*/card.json")
     return out, card_path, result
