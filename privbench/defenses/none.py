@@ -28,13 +28,20 @@ class NoProxy(Defense):
 
     def fit(self, task: Task, cfg: RunConfig, *, device: torch.device, progress: bool = True,
             workdir: Path | None = None) -> engine.TrainReport:
+        step = self.build(task.num_classes, cfg, device)
+        sampler = engine.PatchSampler(task, cfg.train.patch_size, cfg.train.batch_size, cfg.seed)
+        return engine.train(step, sampler, cfg.train, state=self.state, device=device,
+                            workdir=workdir, progress=progress, name="none")
+
+    def build(self, num_classes: int, cfg: RunConfig, device: torch.device) -> engine.Step:
+        """Create the network and optimiser; return one training step (the benchmarks time it)."""
         self.device, self.patch_size = device, cfg.train.patch_size
         self.eval_cfg, self.amp = cfg.eval, cfg.train.amp
-        self.net = SegmentationNet(1, task.num_classes, cfg.train.features).to(device)
+        self.net = SegmentationNet(1, num_classes, cfg.train.features).to(device)
         optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.train.lr)
+        self.state = {"net": self.net, "optimizer": optimizer}
         # Dice over the whole batch: small classes absent from one patch do not add noise
         loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
-        sampler = engine.PatchSampler(task, cfg.train.patch_size, cfg.train.batch_size, cfg.seed)
 
         def step(batch: engine.Batch, iteration: int) -> dict[str, float]:
             self.net.train()
@@ -47,8 +54,7 @@ class NoProxy(Defense):
             optimizer.step()
             return {"loss": loss.item()}
 
-        return engine.train(step, sampler, cfg.train, state={"net": self.net, "optimizer": optimizer},
-                            device=device, workdir=workdir, progress=progress, name="none")
+        return step
 
     def encode(self, image: torch.Tensor, key: Key) -> torch.Tensor:
         return image
