@@ -27,3 +27,61 @@ class SegmentationNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)[0]
+
+
+class AdaIN3d(nn.Module):
+    """Instance normalisation whose scale and shift are predicted from a scalar condition.
+
+    Used by the unmixing network, conditioned on the mixing weight ``a``: the statistics are
+    normalised per channel and volume, then ``(1 + gamma(a)) * x + beta(a)``. The predictor's
+    last layer starts at zero, so an untrained AdaIN is plain instance normalisation.
+    """
+
+    def __init__(self, channels: int, hidden: int = 32):
+        super().__init__()
+        self.norm = nn.InstanceNorm3d(channels, affine=False)
+        self.predict = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, 2 * channels))
+        nn.init.zeros_(self.predict[-1].weight)
+        nn.init.zeros_(self.predict[-1].bias)
+
+    def forward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.predict(a.reshape(-1, 1).to(x.dtype)).chunk(2, dim=1)
+        shape = (x.shape[0], x.shape[1], 1, 1, 1)
+        return (1 + gamma.reshape(shape)) * self.norm(x) + beta.reshape(shape)
+
+
+class _AdaINBlock(nn.Module):
+    """3x3x3 convolution -> AdaIN(a) -> LeakyReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv3d(in_channels, out_channels, 3, padding=1)
+        self.norm = AdaIN3d(out_channels)
+        self.act = nn.LeakyReLU(0.1)
+
+    def forward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.conv(x), a))
+
+
+class UnmixingNet(nn.Module):
+    """Mixup-Privacy's learned unmixing ``D(y_mix, y_ref, a)``: a small U-Net of four conv blocks
+    (two at full resolution, two at half) whose normalisation layers are AdaIN conditioned on the
+    mixing weight ``a``. Inputs are the server's mixed probabilities and the reference's one-hot
+    label ``[B,C,D,H,W]`` and ``a`` ``[B]``; output is logits ``[B,C,D,H,W]`` for the target.
+    Spatial sizes must be even.
+    """
+
+    def __init__(self, num_classes: int, features: int = 16):
+        super().__init__()
+        f = features
+        self.enc1 = _AdaINBlock(2 * num_classes, f)
+        self.enc2 = _AdaINBlock(f, 2 * f)
+        self.dec2 = _AdaINBlock(2 * f, 2 * f)
+        self.dec1 = _AdaINBlock(3 * f, f)
+        self.head = nn.Conv3d(f, num_classes, 1)
+
+    def forward(self, y_mix: torch.Tensor, y_ref: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        skip = self.enc1(torch.cat([y_mix, y_ref], dim=1), a)
+        deep = self.dec2(self.enc2(nn.functional.max_pool3d(skip, 2), a), a)
+        up = nn.functional.interpolate(deep, size=skip.shape[2:], mode="trilinear", align_corners=False)
+        return self.head(self.dec1(torch.cat([up, skip], dim=1), a))
