@@ -4,6 +4,7 @@ import torch
 from privbench import engine
 from privbench.config import EvalConfig
 from privbench.defenses.none import NoProxy
+from privbench.nets import SegmentationNet
 from privbench.registry import create_task
 
 
@@ -107,3 +108,26 @@ def test_amp_only_where_bfloat16_is_native(monkeypatch):
     assert engine.amp_active(cpu) and not engine.amp_active(cpu, requested=False)
     with engine.autocast(cpu):
         assert torch.is_autocast_enabled("cpu")
+
+
+def test_volumes_predicted_together_equal_one_by_one():
+    """Several volumes share each window's network call and get the same probabilities."""
+    torch.manual_seed(0)
+    net = SegmentationNet(1, 4, (8, 8, 16, 16, 32, 8)).eval()
+    calls = []
+
+    def counted(x):
+        calls.append(x.shape[0])
+        return net(x)
+
+    volumes = torch.rand(3, 1, 40, 44, 36)
+    cfg = EvalConfig(sw_overlap=0.25, sw_batch_size=6)
+    together = engine.sliding_window_predict(counted, volumes, 32, cfg, torch.device("cpu"), amp=False)
+    together_calls, calls = calls, []
+    alone = torch.cat([engine.sliding_window_predict(counted, v[None], 32, cfg, torch.device("cpu"),
+                                                     amp=False) for v in volumes])
+    assert together.shape == (3, 4, 40, 44, 36)
+    assert torch.allclose(together, alone, atol=1e-5)
+    # every call carries whole windows of all three volumes, and no patch is computed twice
+    assert all(size % 3 == 0 for size in together_calls)
+    assert sum(together_calls) == sum(calls)
