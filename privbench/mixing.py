@@ -11,7 +11,7 @@ Shapes: images ``[B,1,D,H,W]``, labels ``[B,D,H,W]`` int64, probabilities ``[B,C
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+from monai.networks.utils import one_hot as monai_one_hot
 
 MIN_WEIGHT = 1e-3  # floor on a: naive unmixing divides by it
 
@@ -29,8 +29,8 @@ def mix(x: torch.Tensor, x_ref: torch.Tensor, a: float | torch.Tensor) -> torch.
 
 
 def one_hot(label: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Label map ``[B,D,H,W]`` -> float one-hot ``[B,C,D,H,W]``."""
-    return F.one_hot(label, num_classes).movedim(-1, 1).float()
+    """Label map ``[B,D,H,W]`` -> float one-hot ``[B,C,D,H,W]`` (MONAI's, channel first)."""
+    return monai_one_hot(label[:, None], num_classes, dtype=torch.float32)
 
 
 def naive_unmix(y_mix: torch.Tensor, y_ref: torch.Tensor, a: float | torch.Tensor) -> torch.Tensor:

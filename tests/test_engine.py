@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from privbench import engine
-from privbench.config import EvalConfig
+from privbench.config import EvalConfig, TrainConfig
 from privbench.defenses.none import NoProxy
 from privbench.nets import SegmentationNet
 from privbench.registry import create_task
@@ -87,8 +87,6 @@ def test_full_volume_prediction_is_a_probability_map(test_cfg):
 
 
 def test_learning_rate_schedules():
-    from privbench.config import TrainConfig
-
     poly = TrainConfig(lr=0.01, iterations=100, lr_schedule="poly")
     assert engine.learning_rate(poly, 0) == 0.01
     assert engine.learning_rate(poly, 50) == pytest.approx(0.01 * 0.5 ** 0.9)
