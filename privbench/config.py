@@ -42,7 +42,7 @@ class TaskConfig:
 class TrainConfig:
     """Optimisation of the defense's networks (random patches, DiceCE, Adam)."""
 
-    iterations: int = 1200
+    iterations: int = 1000
     batch_size: int = 2
     patch_size: int = 32  # cubic patches; U-Net++ needs a multiple of 16, instance norm >= 32
     lr: float = 1e-3
