@@ -86,6 +86,11 @@ def _print_card(result: runner.RunResult) -> None:
     t = card["timings"]
     console.print(f"training {t['train_seconds']:.0f} s ({t['train_it_per_s']:.2f} it/s), "
                   f"inference {t['infer_seconds_per_volume']:.2f} s/volume on {card['device']['type']}")
+    if "tta_seconds_per_volume" in t:
+        console.print(f"reference TTA with K={t['tta_k']}: {t['tta_seconds_per_volume']:.2f} s/volume")
+    for unmix, classes_icc in card.get("test_retest", {}).items():
+        console.print(f"test-retest ICC(A,1), {unmix}: " + ", ".join(
+            f"{c} {v['icc']:.3f} [{v['lower95']:.3f}, {v['upper95']:.3f}]" for c, v in classes_icc.items()))
     console.print(f"card: {result.run_dir / 'card.json'}")
 
 

@@ -61,6 +61,21 @@ class EvalConfig:
 
 
 @dataclass
+class MixupConfig:
+    """Mixup-Privacy (Kim et al., IPMI 2023): mixing weights, loss weights, unmixing net and TTA."""
+
+    a_min: float = 0.0  # training draws a ~ U(a_min, a_max), floored at 1e-3 (the paper: U(0, 1))
+    a_max: float = 1.0
+    eval_a_min: float = 0.3  # evaluation draws one a per test volume ~ U(eval_a_min, eval_a_max)
+    eval_a_max: float = 0.7
+    seg_weight: float = 1.0  # weight of S's Dice + CE against the mixed labels
+    unmix_weight: float = 1.0  # weight of D's Dice + CE against the target labels
+    unmix_features: int = 8  # channels of the unmixing U-Net's first blocks
+    tta: int = 4  # K references of the "+TTA" variants (the paper: 10)
+    tta_max: int = 4  # the Dice-versus-K curve runs K = 1..tta_max (>= tta, >= 2 for test-retest)
+
+
+@dataclass
 class RunConfig:
     """Everything that defines one run: task, defense, seed, training and evaluation."""
 
@@ -71,6 +86,7 @@ class RunConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    mixup: MixupConfig = field(default_factory=MixupConfig)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -80,7 +96,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "task.reference_subjects": 2, "task.max_test_scans": 2,
         "train.iterations": 3, "train.batch_size": 2, "train.patch_size": 32,
         "train.features": (8, 8, 16, 16, 32, 8), "train.checkpoint_every": 2,
-        "eval.sw_batch_size": 4,
+        "eval.sw_batch_size": 4, "mixup.unmix_features": 4, "mixup.tta": 2, "mixup.tta_max": 3,
     },
     # the default: a whole run in under ten minutes on two CPU cores (2 mm cohort)
     "quick": {},
@@ -90,7 +106,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "task.test_fraction": 0.23, "task.public_fraction": 0.15, "task.reference_subjects": 50,
         "train.iterations": 200_000, "train.batch_size": 4, "train.patch_size": 32,
         "train.lr": 1e-4, "train.features": (32, 32, 64, 128, 256, 32),
-        "train.checkpoint_every": 5_000,
+        "train.checkpoint_every": 5_000, "mixup.tta": 10, "mixup.tta_max": 30,
+        "mixup.unmix_features": 16,
     },
 }
 
@@ -205,6 +222,13 @@ def validate(cfg: RunConfig) -> None:
         (cfg.train.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
         (0 <= cfg.eval.sw_overlap < 1, "eval.sw_overlap must be in [0, 1)"),
         (cfg.eval.sw_batch_size >= 1, "eval.sw_batch_size must be >= 1"),
+        (0 <= cfg.mixup.a_min <= cfg.mixup.a_max <= 1, "mixup.a_min <= mixup.a_max must lie in [0, 1]"),
+        (0 < cfg.mixup.eval_a_min <= cfg.mixup.eval_a_max <= 1,
+         "mixup.eval_a_min <= mixup.eval_a_max must lie in (0, 1]"),
+        (cfg.mixup.seg_weight >= 0 and cfg.mixup.unmix_weight >= 0, "mixup loss weights must be >= 0"),
+        (cfg.mixup.unmix_features >= 1, "mixup.unmix_features must be >= 1"),
+        (1 <= cfg.mixup.tta <= cfg.mixup.tta_max and cfg.mixup.tta_max >= 2,
+         "mixup.tta must be >= 1 and <= mixup.tta_max, and mixup.tta_max >= 2 (test-retest)"),
         (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
          "device must be auto, cpu, cuda or cuda:N"),
     ]
@@ -236,7 +260,14 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# sections read by one defense only: they change the hash of that defense's runs alone
+_DEFENSE_SECTIONS = {"mixup": "mixup"}
+
+
 def config_hash(cfg: RunConfig) -> str:
-    """Short SHA-256 of every result-changing field (device, preset name, cache path excluded)."""
-    flat = {k: v for k, v in _flatten(to_dict(cfg)).items() if k not in _UNHASHED}
+    """Short SHA-256 of every result-changing field (device, preset name, cache path, and other
+    defenses' sections excluded)."""
+    foreign = {f"{section}." for defense, section in _DEFENSE_SECTIONS.items() if defense != cfg.defense}
+    flat = {k: v for k, v in _flatten(to_dict(cfg)).items()
+            if k not in _UNHASHED and not k.startswith(tuple(foreign))}
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]

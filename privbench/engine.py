@@ -95,37 +95,67 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 @dataclass
 class Batch:
-    """A training batch: images ``[B,1,p,p,p]``, labels ``[B,p,p,p]`` and their subjects."""
+    """A training batch: images ``[B,1,p,p,p]``, labels ``[B,p,p,p]`` and their subjects; with
+    ``references``, a second scan's patch at the same position (``ref_image``, ``ref_label``)."""
 
     image: torch.Tensor
     label: torch.Tensor
     subjects: list[str]
+    ref_image: torch.Tensor | None = None
+    ref_label: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> "Batch":
-        return Batch(self.image.to(device), self.label.to(device), self.subjects)
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Batch(self.image.to(device), self.label.to(device), self.subjects,
+                     move(self.ref_image), move(self.ref_label))
 
 
 class PatchSampler:
-    """Uniformly random scans and patch positions from one role of a task."""
+    """Uniformly random scans and patch positions from one role of a task.
 
-    def __init__(self, task: Task, patch_size: int, batch_size: int, seed: int, role: str = "train"):
+    With ``references=True`` each patch comes with the co-located patch of another scan of the
+    same role (of another subject when there is one): the pairs Mixup-Privacy mixes, since the
+    volumes are aligned and the client mixes whole volumes.
+    """
+
+    def __init__(self, task: Task, patch_size: int, batch_size: int, seed: int, role: str = "train",
+                 references: bool = False):
         self.scans = task.scans(role)
         if not self.scans:
             raise PrivbenchError(f"task {task.name!r} has no {role} scans")
         self.volumes = [task.arrays(scan) for scan in self.scans]  # memory-mapped, not copied
         self.patch_size, self.batch_size, self.seed = patch_size, batch_size, seed
+        self.references = references
 
     def batch(self, iteration: int) -> Batch:
         rng = np.random.default_rng([self.seed, iteration])
-        p, images, labels, subjects = self.patch_size, [], [], []
+        partners = np.random.default_rng([self.seed, iteration, 1])  # targets stay the baseline's
+        images, labels, subjects, ref_images, ref_labels = [], [], [], [], []
         for index in rng.integers(len(self.volumes), size=self.batch_size):
             image, label = self.volumes[index]
-            start = [int(rng.integers(0, max(n - p, 0) + 1)) for n in label.shape]
-            window = tuple(slice(s, s + p) for s in start)
-            images.append(_pad_to(torch.tensor(image[window], dtype=torch.float32)[None], p))
-            labels.append(_pad_to(torch.tensor(label[window], dtype=torch.int64), p))
+            start = [int(rng.integers(0, max(n - self.patch_size, 0) + 1)) for n in label.shape]
+            images.append(self._crop(image, start, torch.float32)[None])
+            labels.append(self._crop(label, start, torch.int64))
             subjects.append(self.scans[index].subject)
-        return Batch(torch.stack(images), torch.stack(labels), subjects)
+            if self.references:
+                ref_image, ref_label = self.volumes[self._partner(int(index), partners)]
+                ref_images.append(self._crop(ref_image, start, torch.float32)[None])
+                ref_labels.append(self._crop(ref_label, start, torch.int64))
+        if not self.references:
+            return Batch(torch.stack(images), torch.stack(labels), subjects)
+        return Batch(torch.stack(images), torch.stack(labels), subjects,
+                     torch.stack(ref_images), torch.stack(ref_labels))
+
+    def _crop(self, volume: np.ndarray, start: list[int], dtype: torch.dtype) -> torch.Tensor:
+        window = tuple(slice(s, s + self.patch_size) for s in start)
+        return _pad_to(torch.tensor(volume[window], dtype=dtype), self.patch_size)
+
+    def _partner(self, index: int, rng: np.random.Generator) -> int:
+        """A random scan of another subject (any other scan if every scan is this subject's)."""
+        subject = self.scans[index].subject
+        others = [i for i, scan in enumerate(self.scans) if scan.subject != subject]
+        others = others or [i for i in range(len(self.scans)) if i != index] or [index]
+        return others[int(rng.integers(len(others)))]
 
 
 def _pad_to(t: torch.Tensor, p: int) -> torch.Tensor:

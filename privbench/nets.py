@@ -83,5 +83,5 @@ class UnmixingNet(nn.Module):
     def forward(self, y_mix: torch.Tensor, y_ref: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         skip = self.enc1(torch.cat([y_mix, y_ref], dim=1), a)
         deep = self.dec2(self.enc2(nn.functional.max_pool3d(skip, 2), a), a)
-        up = nn.functional.interpolate(deep, size=skip.shape[2:], mode="trilinear", align_corners=False)
+        up = nn.functional.interpolate(deep, size=skip.shape[2:], mode="nearest")
         return self.head(self.dec1(torch.cat([up, skip], dim=1), a))

@@ -1,8 +1,9 @@
 """One run: task -> defense.fit -> utility evaluation -> card.
 
 :func:`run` is what ``privbench run`` calls. It checks every name before any work starts,
-creates (or, with ``resume``, reopens) the run folder, trains the defense, segments every test
-scan through the defense's client-server protocol, and writes per-scan scores and the card.
+creates (or, with ``resume``, reopens) the run folder, trains the defense, lets it evaluate
+itself on the test scans through its client-server protocol (:mod:`privbench.evaluation`), and
+writes per-scan scores, figures and the card.
 """
 
 from __future__ import annotations
@@ -14,21 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
-import pandas as pd
-import torch
 
 from privbench import card as cards
 from privbench import engine
 from privbench.config import RunConfig, config_hash, to_dict
 from privbench.defenses.base import Defense
 from privbench.errors import PrivbenchError
-from privbench.metrics import dice
+from privbench.evaluation import PER_SCAN
 from privbench.registry import DEFENSES, TASKS, create_defense, create_task
-from privbench.tasks.base import Task
 
 log = logging.getLogger("privbench")
-PER_SCAN = "per_scan_dice.csv"
 
 
 @dataclass
@@ -69,10 +65,12 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
         log.info("data ready in %.1f s: %s", data_seconds, task.summary())
         defense: Defense = create_defense(cfg.defense)
         report = defense.fit(task, cfg, device=device, progress=progress, workdir=run_dir)
-        per_scan = evaluate(defense, task, seed=cfg.seed)
-        cards.write_text_atomic(run_dir / PER_SCAN, per_scan.to_csv(index=False))
-        utility = summarise(per_scan, task.class_names[1:], variant="default")
-        log.info("test dice: %s", utility["dice"])
+        began = time.perf_counter()
+        evaluation = defense.evaluate(task, cfg, run_dir=run_dir)
+        eval_seconds = time.perf_counter() - began
+        cards.write_text_atomic(run_dir / PER_SCAN, evaluation.per_scan.to_csv(index=False))
+        for entry in evaluation.utility:
+            log.info("test dice (%s): %s", entry["variant"], entry["dice"])
         card = {
             "card_version": cards.CARD_VERSION,
             "run_id": run_dir.name,
@@ -91,44 +89,19 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
                 "train_iterations": report.iterations,
                 "train_resumed_from": report.start_iteration,
                 "train_it_per_s": report.it_per_s,
-                "infer_seconds_per_volume": float(per_scan["seconds"].mean()),
+                "train_seconds_per_iteration": 1 / report.it_per_s if report.it_per_s else None,
+                "eval_seconds": eval_seconds,
+                **evaluation.timings,
             },
-            "utility": [utility],
+            "utility": evaluation.utility,
+            **evaluation.sections,
             "attacks": [],
-            "files": {"checkpoint": engine.CHECKPOINT, "log": "run.log", "per_scan": PER_SCAN},
+            "files": {"checkpoint": engine.CHECKPOINT, "log": "run.log", "per_scan": PER_SCAN,
+                      **evaluation.files},
         }
         cards.write_json_atomic(run_dir / cards.CARD, card)
         log.info("card written to %s", run_dir / cards.CARD)
     return RunResult(run_dir, card)
-
-
-def evaluate(defense: Defense, task: Task, *, seed: int, tta: int = 1) -> pd.DataFrame:
-    """Per-test-scan Dice of ``defense.segment`` and its wall time, one row per scan."""
-    generator = torch.Generator().manual_seed(seed)
-    rows = []
-    for scan in task.scans("test"):
-        image, label = task.load(scan)
-        began = time.perf_counter()
-        probs = defense.segment(image[None], tta=tta, generator=generator)
-        seconds = time.perf_counter() - began
-        scores = dice(probs.argmax(1), label[None], task.num_classes)[0]
-        rows.append({"subject": scan.subject, "session": scan.session, "seconds": seconds,
-                     **{name: float(v) for name, v in zip(task.class_names[1:], scores)}})
-    if not rows:
-        raise PrivbenchError(f"task {task.name!r} has no test scans to evaluate")
-    return pd.DataFrame(rows)
-
-
-def summarise(per_scan: pd.DataFrame, classes: tuple[str, ...], variant: str) -> dict[str, Any]:
-    """Mean and standard deviation over scans of each class's Dice, and their mean."""
-    table = per_scan[list(classes)]
-    means = {c: float(np.nanmean(table[c])) for c in classes}
-    return {
-        "variant": variant,
-        "n_scans": int(len(table)),
-        "dice": {**means, "mean": float(np.mean(list(means.values())))},
-        "dice_std": {c: float(np.nanstd(table[c])) for c in classes},
-    }
 
 
 @contextlib.contextmanager

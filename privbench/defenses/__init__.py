@@ -1,6 +1,6 @@
 """Built-in defenses; importing this package registers them."""
 
-from privbench.defenses import none  # noqa: F401  (registers the no-proxy baseline)
+from privbench.defenses import mixup, none  # noqa: F401  (importing registers them)
 from privbench.defenses.base import Defense
 
 __all__ = ["Defense"]

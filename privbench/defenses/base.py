@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import abc
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from privbench.config import RunConfig
 from privbench.engine import TrainReport
 from privbench.tasks.base import Task
+
+if TYPE_CHECKING:
+    from privbench.evaluation import Evaluation
 
 Key = Any  # a defense's client-side secret; None where there is none
 
@@ -55,3 +58,10 @@ class Defense(abc.ABC):
             probs = self.decode(self.server(self.encode(image, key)), key)
             total = probs if total is None else total + probs
         return total / tta
+
+    def evaluate(self, task: Task, cfg: RunConfig, *, run_dir: Path) -> "Evaluation":
+        """Utility on the test scans for the card (one request per scan; defenses with
+        several variants, like mixup, override this)."""
+        from privbench.evaluation import evaluate_default
+
+        return evaluate_default(self, task, cfg)

@@ -1,0 +1,175 @@
+"""``mixup``: Mixup-Privacy (Kim, Dolz, Jodoin, Desrosiers; IPMI 2023).
+
+The client mixes its scan with a labelled reference from its private pool,
+``x_mix = a*x + (1-a)*x_ref``, and sends only the mixture. The server's U-Net++ ``S`` returns the
+mixed segmentation. The client, who alone knows ``(x_ref, y_ref, a)``, unmixes it naively (Eq. 4)
+or with the learned unmixing U-Net ``D(y_mix, y_ref, a)``. ``S`` and ``D`` are trained end to end:
+Dice + CE of ``S`` against the mixed one-hot labels plus Dice + CE of ``D`` against the target.
+
+Reference TTA (Eq. 5-6): a key may hold K references (one ``a``); the K mixtures go through the
+server as one batch, so each sliding window is one network call for all of them, and the K
+unmixed predictions are averaged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+
+from privbench import engine
+from privbench.config import RunConfig
+from privbench.defenses.base import Defense
+from privbench.errors import PrivbenchError
+from privbench.mixing import MIN_WEIGHT, mix, naive_unmix, one_hot
+from privbench.nets import SegmentationNet, UnmixingNet
+from privbench.registry import register_defense
+from privbench.tasks.base import Task
+
+if TYPE_CHECKING:
+    from privbench.evaluation import Evaluation
+
+UNMIXINGS = ("naive", "learned")
+
+
+@dataclass
+class MixupKey:
+    """The client's secret for one request: K references (images ``[K,1,D,H,W]``, labels
+    ``[K,D,H,W]``), their pool indices, and the mixing weight ``a`` shared by the K mixtures."""
+
+    ref_image: torch.Tensor
+    ref_label: torch.Tensor
+    indices: list[int]
+    a: float
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def pick(self, k: int) -> "MixupKey":
+        """The single-reference key of the k-th reference."""
+        return MixupKey(self.ref_image[k:k + 1], self.ref_label[k:k + 1], [self.indices[k]], self.a)
+
+
+@register_defense("mixup", description="Mixup-Privacy: mix with a private labelled reference, "
+                  "unmix the server's mixed segmentation (naive or learned, with reference TTA)",
+                  paper="Kim, Dolz, Jodoin, Desrosiers, IPMI 2023", requires=("reference pool",))
+class MixupPrivacy(Defense):
+    """Server U-Net++ on mixtures and client-side AdaIN unmixing U-Net, trained jointly."""
+
+    name = "mixup"
+
+    def __init__(self, unmix: str = "learned"):
+        if unmix not in UNMIXINGS:
+            raise PrivbenchError(f"unknown unmixing {unmix!r} (available: {', '.join(UNMIXINGS)})")
+        self.unmix = unmix  # what decode() uses unless told otherwise
+
+    def fit(self, task: Task, cfg: RunConfig, *, device: torch.device, progress: bool = True,
+            workdir: Path | None = None) -> engine.TrainReport:
+        self.attach(task, cfg)
+        step = self.build(task.num_classes, cfg, device)
+        sampler = engine.PatchSampler(task, cfg.train.patch_size, cfg.train.batch_size, cfg.seed,
+                                      references=True)
+        return engine.train(step, sampler, cfg.train, state=self.state, device=device,
+                            workdir=workdir, progress=progress, name="mixup")
+
+    def attach(self, task: Task, cfg: RunConfig) -> None:
+        """Give the client its reference pool (the task's ``reference`` scans, loaded lazily)."""
+        self.task, self.pool = task, task.scans("reference")
+        if not self.pool:
+            raise PrivbenchError(f"task {task.name!r} has no reference scans for mixup")
+        self.eval_range = (cfg.mixup.eval_a_min, cfg.mixup.eval_a_max)
+
+    def build(self, num_classes: int, cfg: RunConfig, device: torch.device) -> engine.Step:
+        """Create S, D and their optimiser; return one end-to-end training step."""
+        m = cfg.mixup
+        self.device, self.patch_size, self.num_classes = device, cfg.train.patch_size, num_classes
+        self.eval_cfg, self.amp = cfg.eval, cfg.train.amp
+        self.net = SegmentationNet(1, num_classes, cfg.train.features).to(device)
+        self.unmixer = UnmixingNet(num_classes, m.unmix_features).to(device)
+        params = list(self.net.parameters()) + list(self.unmixer.parameters())
+        optimizer = torch.optim.Adam(params, lr=cfg.train.lr)
+        self.state = {"net": self.net, "unmixer": self.unmixer, "optimizer": optimizer}
+        mixed_loss = DiceCELoss(softmax=True, batch=True)  # soft targets: the mixed one-hot labels
+        target_loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+
+        def step(batch: engine.Batch, iteration: int) -> dict[str, float]:
+            self.net.train()
+            self.unmixer.train()
+            engine.set_learning_rate(optimizer, engine.learning_rate(cfg.train, iteration))
+            optimizer.zero_grad(set_to_none=True)
+            draw = np.random.default_rng([cfg.seed, iteration, 1]).uniform(m.a_min, m.a_max, len(batch.image))
+            a = torch.as_tensor(draw, dtype=torch.float32, device=device).clamp(min=MIN_WEIGHT)
+            y_ref = one_hot(batch.ref_label, num_classes)
+            y_mix = mix(one_hot(batch.label, num_classes), y_ref, a)
+            with engine.autocast(device, self.amp):
+                logits = self.net(mix(batch.image, batch.ref_image, a))
+                unmixed = self.unmixer(torch.softmax(logits.float(), 1), y_ref, a)
+            seg = mixed_loss(logits.float(), y_mix)
+            rec = target_loss(unmixed.float(), batch.label[:, None])
+            loss = m.seg_weight * seg + m.unmix_weight * rec
+            loss.backward()
+            optimizer.step()
+            return {"loss": loss.item(), "seg": seg.item(), "unmix": rec.item()}
+
+        return step
+
+    def new_key(self, generator: torch.Generator | None = None, k: int = 1) -> MixupKey:
+        """``k`` distinct references from the pool and one ``a`` ~ U(eval range)."""
+        if k > len(self.pool):
+            raise PrivbenchError(f"reference TTA with K={k} needs {k} reference scans; the pool "
+                                 f"has {len(self.pool)} (raise task.reference_subjects)")
+        indices = torch.randperm(len(self.pool), generator=generator)[:k].tolist()
+        lo, hi = self.eval_range
+        a = lo + (hi - lo) * float(torch.rand((), generator=generator))
+        images, labels = zip(*(self.task.load(self.pool[i]) for i in indices))
+        return MixupKey(torch.stack(images), torch.stack(labels), indices, max(a, MIN_WEIGHT))
+
+    def encode(self, image: torch.Tensor, key: MixupKey) -> torch.Tensor:
+        """One image ``[1,1,D,H,W]`` -> its K mixtures ``[K,1,D,H,W]``."""
+        return mix(image.expand(len(key), *image.shape[1:]), key.ref_image, key.a)
+
+    def server(self, proxy: torch.Tensor) -> torch.Tensor:
+        """Mixed probabilities ``[K,C,...]`` for K mixtures, one batched pass per window."""
+        self.net.eval()
+        return engine.sliding_window_predict(self.net, proxy, self.patch_size, self.eval_cfg,
+                                             self.device, self.amp).cpu()
+
+    def decode(self, server_output: torch.Tensor, key: MixupKey, unmix: str | None = None) -> torch.Tensor:
+        """Unmixed probabilities ``[K,C,...]``, one per reference of the key."""
+        unmix = unmix or self.unmix
+        y_ref = one_hot(key.ref_label, self.num_classes)
+        if unmix == "naive":
+            return naive_unmix(server_output, y_ref, key.a)
+        if unmix != "learned":
+            raise PrivbenchError(f"unknown unmixing {unmix!r} (available: {', '.join(UNMIXINGS)})")
+        return self.learned_unmix(server_output, y_ref, key.a)
+
+    def learned_unmix(self, y_mix: torch.Tensor, y_ref: torch.Tensor, a: float) -> torch.Tensor:
+        """``D`` over whole volumes, window by window like training (AdaIN statistics are
+        those of a patch)."""
+        self.unmixer.eval()
+        k, c = y_mix.shape[:2]
+        weights = torch.full((k,), a, device=self.device)
+
+        def unmixer(windows: torch.Tensor) -> torch.Tensor:  # [n*K, 2C, p,p,p]
+            repeat = windows.shape[0] // k
+            return self.unmixer(windows[:, :c], windows[:, c:], weights.repeat(repeat))
+
+        pair = torch.cat([y_mix, y_ref], dim=1)
+        return engine.sliding_window_predict(unmixer, pair, self.patch_size, self.eval_cfg,
+                                             self.device, self.amp).cpu()
+
+    def segment(self, image: torch.Tensor, *, tta: int = 1,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """One request with ``tta`` references: K mixtures, one server pass, K unmixings averaged."""
+        key = self.new_key(generator, k=tta)
+        return self.decode(self.server(self.encode(image, key)), key).mean(0, keepdim=True)
+
+    def evaluate(self, task: Task, cfg: RunConfig, *, run_dir: Path) -> "Evaluation":
+        from privbench.evaluation import evaluate_mixup
+
+        return evaluate_mixup(self, task, cfg, run_dir=run_dir)
