@@ -58,6 +58,7 @@ def _friendly(command: Callable[..., Any]) -> Callable[..., Any]:
 def run(
     task: Optional[str] = typer.Option(None, "--task", "-t", help="Task name (default: mni-tissue)."),
     defense: Optional[str] = typer.Option(None, "--defense", "-d", help="Defense name (default: none)."),
+    attack: list[str] = typer.Option([], "--attack", "-a", help="Attack to run against the defense (repeatable)."),
     preset: str = typer.Option("quick", "--preset", "-p", help="test | quick | paper."),
     overrides: list[str] = typer.Option([], "--set", "-s", help="Override a config field: key=value."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Run seed."),
@@ -68,7 +69,7 @@ def run(
 ) -> None:
     """Train a defense on a task, evaluate it, and write a result card."""
     cfg = configs.resolve(preset, overrides, **{"task.name": task, "defense": defense, "seed": seed,
-                                                "device": device})
+                                                "device": device, "attacks": tuple(attack) or None})
     result = runner.run(cfg, out=out, resume=resume, progress=not quiet)
     _print_card(result)
 
@@ -91,7 +92,22 @@ def _print_card(result: runner.RunResult) -> None:
     for unmix, classes_icc in card.get("test_retest", {}).items():
         console.print(f"test-retest ICC(A,1), {unmix}: " + ", ".join(
             f"{c} {v['icc']:.3f} [{v['lower95']:.3f}, {v['upper95']:.3f}]" for c, v in classes_icc.items()))
+    for entry in card["attacks"]:
+        if entry["status"] != "done":
+            console.print(f"attack {entry['attack']}: {entry['status']} ({entry['reason']})")
+            continue
+        rows = Table(title=f"attack {entry['label']}: {entry['observes']}")
+        columns = list(dict.fromkeys(k for row in entry["table"] for k in row))
+        for column in columns:
+            rows.add_column(column, justify="left" if column == "guess" else "right")
+        for row in entry["table"]:
+            rows.add_row(*(_cell(row.get(c)) for c in columns))
+        console.print(rows)
     console.print(f"card: {result.run_dir / 'card.json'}")
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else "" if value is None else str(value)
 
 
 @app.command("list")

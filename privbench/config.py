@@ -76,10 +76,25 @@ class MixupConfig:
 
 
 @dataclass
+class ReidConfig:
+    """MS-SSIM re-identification (Kim et al., IPMI 2023, Table 2)."""
+
+    observe: str = "proxy"  # proxy: what the server receives | output: what it returns
+
+
+@dataclass
+class AttackConfig:
+    """Settings of each attack, by attack name."""
+
+    reid: ReidConfig = field(default_factory=ReidConfig)
+
+
+@dataclass
 class RunConfig:
     """Everything that defines one run: task, defense, seed, training and evaluation."""
 
     defense: str = "none"
+    attacks: tuple[str, ...] = ()  # attacks run against the trained defense (--attack, repeatable)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     preset: str = "quick"
@@ -87,6 +102,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     mixup: MixupConfig = field(default_factory=MixupConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -185,7 +201,8 @@ def _parse(key: str, value: Any, kind: Any) -> Any:
     try:
         if typing.get_origin(kind) is tuple:
             items = value.strip("()[] ").split(",") if isinstance(value, str) else value
-            return tuple(int(v) for v in items if str(v).strip())
+            item = typing.get_args(kind)[0]
+            return tuple(item(str(v).strip()) for v in items if str(v).strip())
         if isinstance(value, str):
             return _BOOLS[value.lower()] if kind is bool else kind(value)
         if kind is bool and isinstance(value, bool):
@@ -196,7 +213,8 @@ def _parse(key: str, value: Any, kind: Any) -> Any:
             return kind(value)
     except (KeyError, TypeError, ValueError):
         pass
-    name = "comma-separated ints" if typing.get_origin(kind) is tuple else kind.__name__
+    origin = typing.get_origin(kind) is tuple
+    name = f"comma-separated {typing.get_args(kind)[0].__name__}s" if origin else kind.__name__
     raise PrivbenchError(f"bad value for {key}: {value!r} is not a valid {name}")
 
 
@@ -229,6 +247,7 @@ def validate(cfg: RunConfig) -> None:
         (cfg.mixup.unmix_features >= 1, "mixup.unmix_features must be >= 1"),
         (1 <= cfg.mixup.tta <= cfg.mixup.tta_max and cfg.mixup.tta_max >= 2,
          "mixup.tta must be >= 1 and <= mixup.tta_max, and mixup.tta_max >= 2 (test-retest)"),
+        (cfg.attack.reid.observe in ("proxy", "output"), "attack.reid.observe must be proxy or output"),
         (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
          "device must be auto, cpu, cuda or cuda:N"),
     ]
@@ -264,10 +283,16 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 _DEFENSE_SECTIONS = {"mixup": "mixup"}
 
 
+def _fields(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
 def config_hash(cfg: RunConfig) -> str:
-    """Short SHA-256 of every result-changing field (device, preset name, cache path, and other
-    defenses' sections excluded)."""
+    """Short SHA-256 of every result-changing field (device, preset name, cache path, and the
+    sections of defenses and attacks the run does not use excluded)."""
     foreign = {f"{section}." for defense, section in _DEFENSE_SECTIONS.items() if defense != cfg.defense}
+    foreign |= {f"attack.{name}." for name in _fields(AttackConfig) if name not in cfg.attacks}
+    unhashed = _UNHASHED | (set() if cfg.attacks else {"attacks"})
     flat = {k: v for k, v in _flatten(to_dict(cfg)).items()
-            if k not in _UNHASHED and not k.startswith(tuple(foreign))}
+            if k not in unhashed and not k.startswith(tuple(foreign))}
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]

@@ -59,8 +59,8 @@ def colour(probs: torch.Tensor) -> np.ndarray:
 def mixup_examples(image: torch.Tensor, label: torch.Tensor, key: "MixupKey", mixed: torch.Tensor,
                    unmixed: dict[str, torch.Tensor], num_classes: int, rows: int = 3) -> plt.Figure:
     """The paper's Fig. 2 for one test patch: per reference (row), the target, reference,
-    mixture, mixed ground truth, server prediction, naive and learned unmixing, and the TTA
-    means of the references up to that row. Inputs are whole volumes; an axial slice through
+    mixture, mixed ground truth, server prediction, naive and learned unmixing, the TTA means
+    of the references up to that row, and the target's ground truth. Inputs are whole volumes; an axial slice through
     the centre of a central patch is drawn."""
     rows = min(rows, len(key))
     window = _central_patch(label.shape)
@@ -68,14 +68,14 @@ def mixup_examples(image: torch.Tensor, label: torch.Tensor, key: "MixupKey", mi
     y, y_ref = one_hot(label[None], num_classes), one_hot(key.ref_label[:rows], num_classes)
     x_mix = mix(image[None].expand(rows, *image.shape), key.ref_image[:rows], key.a)
     columns = ["target", "reference", "mixture", "mixed truth", "server output",
-               "naive", "learned", "naive TTA mean", "learned TTA mean"]
+               "naive", "learned", "naive TTA mean", "learned TTA mean", "target truth"]
     fig, axes = plt.subplots(rows, len(columns), figsize=(1.7 * len(columns), 1.8 * rows), squeeze=False)
     for r in range(rows):
         panels = [cut(image[0]), cut(key.ref_image[r, 0]), cut(x_mix[r, 0]),
                   colour(cut(mix(y, y_ref[r:r + 1], key.a)[0])), colour(cut(mixed[r])),
                   colour(cut(unmixed["naive"][r])), colour(cut(unmixed["learned"][r])),
                   colour(cut(unmixed["naive"][: r + 1].mean(0))),
-                  colour(cut(unmixed["learned"][: r + 1].mean(0)))]
+                  colour(cut(unmixed["learned"][: r + 1].mean(0))), colour(cut(y[0]))]
         for c, (ax, panel) in enumerate(zip(axes[r], panels)):
             gray = isinstance(panel, torch.Tensor)
             ax.imshow(panel.numpy() if gray else panel, cmap="gray" if gray else None, vmin=0, vmax=1)
@@ -93,3 +93,18 @@ def _central_patch(shape: torch.Size, size: int = 64) -> tuple[slice, slice, int
     d, h, w = shape[-3:]
     half_d, half_h = min(size, d) // 2, min(size, h) // 2
     return slice(d // 2 - half_d, d // 2 + half_d), slice(h // 2 - half_h, h // 2 + half_h), w // 2
+
+
+def similarity_heatmap(sim: torch.Tensor, subjects: list[str], title: str) -> plt.Figure:
+    """All-pairs similarity of the attacker's observations, rows and columns grouped by subject
+    (a block diagonal means the subjects are re-identifiable)."""
+    order = sorted(range(len(subjects)), key=lambda i: subjects[i])
+    fig, ax = plt.subplots(figsize=(6, 5.2))
+    shown = ax.imshow(sim[order][:, order].numpy(), cmap="viridis")
+    ticks = [subjects[i] for i in order]
+    ax.set_xticks(range(len(order)), ticks, rotation=90, fontsize=6)
+    ax.set_yticks(range(len(order)), ticks, fontsize=6)
+    ax.set_title(f"MS-SSIM between requests ({title})", fontsize=9)
+    fig.colorbar(shown, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig

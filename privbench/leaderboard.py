@@ -1,7 +1,7 @@
 """Result cards -> leaderboard tables (CSV and Markdown).
 
-Every card found under a folder contributes one row per evaluated variant (and, once attacks
-exist, per attack): task, defense, variant, attack, seed, metrics, timings and config hash.
+Every card found under a folder contributes one row per evaluated variant: task, defense,
+variant, the attacks run, seed, Dice, the attacks' headline metrics, timings and config hash.
 Cards that cannot be read are reported, not fatal.
 """
 
@@ -31,11 +31,15 @@ class Leaderboard:
 
 
 def card_rows(card: dict[str, Any]) -> list[dict[str, Any]]:
-    """One flat row per utility variant of a card."""
+    """One flat row per utility variant of a card; each attack's headline metrics are columns
+    (``<label>_<metric>``) of every row, and ``attack`` lists the attacks that ran."""
     timings = card.get("timings", {})
-    common = {"task": card["task"], "defense": card["defense"], "attack": "", "seed": card["seed"],
+    done = [entry for entry in card.get("attacks", []) if entry.get("status") == "done"]
+    common = {"task": card["task"], "defense": card["defense"], "seed": card["seed"],
+              "attack": ",".join(entry["label"] for entry in done),
               "preset": card.get("preset", ""), "config_hash": card["config_hash"],
-              "run_id": card["run_id"], **{k: timings.get(k) for k in TIMING_COLUMNS}}
+              "run_id": card["run_id"], **{k: timings.get(k) for k in TIMING_COLUMNS},
+              **{f"{entry['label']}_{k}": v for entry in done for k, v in entry["metrics"].items()}}
     return [{**common, "variant": entry["variant"],
              **{f"dice_{name}": value for name, value in entry["dice"].items()}}
             for entry in card.get("utility", [])]

@@ -13,6 +13,7 @@ Conventions
   volumes are valid. With s = min(D, H, W): s >= 161 -> window 11, 5 scales (pytorch-msssim's
   defaults); 81..160 -> 11, 4; 41..80 -> 11, 3; 25..40 -> 7, 3; 13..24 -> 7, 2; 7..12 -> 7, 1
   (see ``ms_ssim3d_settings``). Pure torch: runs on the inputs' device and keeps gradients.
+  ``ms_ssim3d_pairs`` gives the same values for all pairs of N volumes at once, faster.
 * ``icc``: intraclass correlation (McGraw & Wong 1996) for ``[n_subjects, k]`` ratings,
   with its F-test and confidence interval. Subjects (rows) containing NaN are dropped.
 * ``retrieval``: leave-one-out nearest-neighbour re-identification from a square distance
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 __all__ = [
     "dice",
     "ms_ssim3d",
+    "ms_ssim3d_pairs",
     "ms_ssim3d_settings",
     "MS_SSIM_WEIGHTS",
     "ICCResult",
@@ -160,6 +162,27 @@ def _ssim_and_cs(x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, c1: float, c
     return ssim_map.flatten(1).mean(1), cs_map.flatten(1).mean(1)
 
 
+def _checked_settings(spatial: tuple[int, ...], win_size: int | None, weights: Sequence[float] | None,
+                      caller: str) -> tuple[int, Sequence[float]]:
+    """Window size and scale weights for volumes of shape ``spatial`` (defaults from
+    ``ms_ssim3d_settings``); ValueError when the window does not fit the coarsest scale."""
+    if win_size is None:
+        win_size = ms_ssim3d_settings(spatial)[0]
+    if win_size < 1 or win_size % 2 == 0:
+        raise ValueError(f"{caller}: win_size must be a positive odd number, got {win_size}")
+    if weights is None:
+        weights = _default_weights(min(spatial), win_size)
+    if len(weights) == 0:
+        raise ValueError(f"{caller}: volume {spatial} is too small for win_size {win_size}")
+    coarsest = list(spatial)
+    for _ in range(len(weights) - 1):
+        coarsest = [(n + 1) // 2 for n in coarsest]
+    if min(coarsest) < win_size:
+        raise ValueError(f"{caller}: {len(weights)} scales of {spatial} end at {tuple(coarsest)}, "
+                         f"smaller than win_size {win_size}")
+    return win_size, weights
+
+
 def ms_ssim3d(
     x: Any,
     y: Any,
@@ -188,23 +211,7 @@ def ms_ssim3d(
         dtype = torch.get_default_dtype()
     x, y = x.to(dtype), y.to(dtype)
 
-    spatial = tuple(x.shape[2:])
-    if win_size is None:
-        win_size = ms_ssim3d_settings(spatial)[0]
-    if win_size < 1 or win_size % 2 == 0:
-        raise ValueError(f"ms_ssim3d: win_size must be a positive odd number, got {win_size}")
-    if weights is None:
-        weights = _default_weights(min(spatial), win_size)
-    if len(weights) == 0:
-        raise ValueError(f"ms_ssim3d: volume {spatial} is too small for win_size {win_size}")
-    coarsest = list(spatial)
-    for _ in range(len(weights) - 1):
-        coarsest = [(n + 1) // 2 for n in coarsest]
-    if min(coarsest) < win_size:
-        raise ValueError(
-            f"ms_ssim3d: {len(weights)} scales of {spatial} end at {tuple(coarsest)}, smaller than win_size {win_size}"
-        )
-
+    win_size, weights = _checked_settings(tuple(x.shape[2:]), win_size, weights, "ms_ssim3d")
     g = _gaussian_window(win_size, dtype, x.device)
     c1, c2 = (_K1 * data_range) ** 2, (_K2 * data_range) ** 2
     terms = []
@@ -219,6 +226,84 @@ def ms_ssim3d(
     w = torch.tensor(list(weights), dtype=dtype, device=x.device).view(-1, 1)
     value = torch.prod(torch.stack(terms) ** w, dim=0)
     return value[0] if single else value
+
+
+def _blur_by_shifts(maps: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The filtering of ``_blur`` as sums of weighted, shifted views (equal up to float rounding).
+
+    On CPU this is several times faster than ``conv3d`` for batches of single-channel maps.
+    """
+    taps = g.tolist()
+    for dim in (2, 3, 4):
+        size = maps.shape[dim] - len(taps) + 1
+        out = maps.narrow(dim, 0, size) * taps[0]
+        for k in range(1, len(taps)):
+            out.add_(maps.narrow(dim, k, size), alpha=taps[k])
+        maps = out
+    return maps
+
+
+def ms_ssim3d_pairs(
+    volumes: Any,
+    data_range: float = 1.0,
+    *,
+    win_size: int | None = None,
+    weights: Sequence[float] | None = None,
+    chunk: int = 8,
+) -> torch.Tensor:
+    """Symmetric ``[N, N]`` matrix of ``ms_ssim3d`` between all pairs of ``volumes [N,1,D,H,W]`` or ``[N,D,H,W]``.
+
+    Same definition, settings and argument checks as ``ms_ssim3d``: entry [i, j] equals
+    ``ms_ssim3d(volumes[i], volumes[j])`` up to float rounding, and the diagonal is 1 (what
+    ``ms_ssim3d(v, v)`` gives). Faster than a loop over pairs because everything that depends
+    on one volume is computed once and shared by its N - 1 pairs: its pyramid and, at every
+    scale, its blurred mean and variance. A pair only adds its cross moment blur(x_i * x_j)
+    (one map to filter instead of five) and a few elementwise operations. Pairs of the upper
+    triangle go through the filter ``chunk`` at a time (bounding memory); the result is mirrored.
+    """
+    v = torch.as_tensor(volumes)
+    if v.ndim == 4:
+        v = v[:, None]
+    if v.ndim != 5 or v.shape[1] != 1:
+        raise ValueError(f"ms_ssim3d_pairs: expected volumes [N,1,D,H,W] or [N,D,H,W], got shape {tuple(v.shape)}")
+    n = v.shape[0]
+    if n < 1:
+        raise ValueError("ms_ssim3d_pairs: need at least 1 volume, got 0")
+    if chunk < 1:
+        raise ValueError(f"ms_ssim3d_pairs: chunk must be >= 1, got {chunk}")
+    dtype = v.dtype if v.dtype.is_floating_point else torch.get_default_dtype()
+    v = v.to(dtype)
+
+    win_size, weights = _checked_settings(tuple(v.shape[2:]), win_size, weights, "ms_ssim3d_pairs")
+    out = torch.ones(n, n, dtype=dtype, device=v.device)
+    if n == 1:
+        return out
+
+    g = _gaussian_window(win_size, dtype, v.device)
+    c1, c2 = (_K1 * data_range) ** 2, (_K2 * data_range) ** 2
+    terms = []  # per scale, for the pairs i < j in row-major order: relu(cs), or relu(ssim) at the coarsest
+    for level in range(len(weights)):
+        last = level == len(weights) - 1
+        mu, e_xx = _blur_by_shifts(torch.cat([v, v * v], dim=1), g).unbind(1)  # once per volume
+        var = e_xx - mu**2
+        values = []
+        for i in range(n - 1):
+            for start in range(i + 1, n, chunk):
+                j = slice(start, start + chunk)
+                e_xy = _blur_by_shifts(v[i : i + 1] * v[j], g)[:, 0]  # the only per-pair filtering
+                cs_map = (2 * (e_xy - mu[i] * mu[j]) + c2) / (var[i] + var[j] + c2)
+                if last:  # ssim map = luminance * cs
+                    cs_map = (2 * mu[i] * mu[j] + c1) / (mu[i] ** 2 + mu[j] ** 2 + c1) * cs_map
+                values.append(cs_map.flatten(1).mean(1))
+        terms.append(torch.relu(torch.cat(values)))
+        if not last:
+            padding = [s % 2 for s in v.shape[2:]]
+            v = F.avg_pool3d(v, kernel_size=2, padding=padding)
+    w = torch.tensor(list(weights), dtype=dtype, device=v.device).view(-1, 1)
+    upper = torch.prod(torch.stack(terms) ** w, dim=0)  # prod_{l<L} relu(cs_l)**w_l * relu(ssim_L)**w_L
+
+    rows, cols = torch.triu_indices(n, n, offset=1, device=v.device)  # the same row-major order
+    return out.index_put((rows, cols), upper).index_put((cols, rows), upper)
 
 
 # --------------------------------------------------------------------------- ICC

@@ -15,14 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-
 from privbench import card as cards
+from privbench.attacks.base import card_entry
 from privbench import engine
 from privbench.config import RunConfig, config_hash, to_dict
 from privbench.defenses.base import Defense
 from privbench.errors import PrivbenchError
 from privbench.evaluation import PER_SCAN
-from privbench.registry import DEFENSES, TASKS, create_defense, create_task
+from privbench.tasks.base import Task
+from privbench.registry import ATTACKS, DEFENSES, TASKS, create_attack, create_defense, create_task
 
 log = logging.getLogger("privbench")
 
@@ -44,6 +45,8 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
     """
     TASKS.get(cfg.task.name)  # unknown names fail before any work is done
     DEFENSES.get(cfg.defense)
+    for name in cfg.attacks:
+        ATTACKS.get(name)
     device = engine.resolve_device(cfg.device)
     digest = config_hash(cfg)
     if resume:
@@ -71,6 +74,8 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
         cards.write_text_atomic(run_dir / PER_SCAN, evaluation.per_scan.to_csv(index=False))
         for entry in evaluation.utility:
             log.info("test dice (%s): %s", entry["variant"], entry["dice"])
+        attacks = [run_attack(name, defense, task, cfg, run_dir=run_dir, progress=progress)
+                   for name in cfg.attacks]
         card = {
             "card_version": cards.CARD_VERSION,
             "run_id": run_dir.name,
@@ -95,13 +100,27 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
             },
             "utility": evaluation.utility,
             **evaluation.sections,
-            "attacks": [],
+            "attacks": attacks,
             "files": {"checkpoint": engine.CHECKPOINT, "log": "run.log", "per_scan": PER_SCAN,
                       **evaluation.files},
         }
         cards.write_json_atomic(run_dir / cards.CARD, card)
         log.info("card written to %s", run_dir / cards.CARD)
     return RunResult(run_dir, card)
+
+
+def run_attack(name: str, defense: Defense, task: Task, cfg: RunConfig, *, run_dir: Path,
+               progress: bool = True) -> dict[str, Any]:
+    """One attack against the trained defense, as a card entry (with its wall time), or a
+    "not applicable" entry where the attack does not apply to this defense."""
+    attack = create_attack(name)
+    if not attack.applies(cfg.defense):
+        log.info("attack %s: not applicable to %s", name, cfg.defense)
+        return card_entry(attack, cfg.defense, None)
+    began = time.perf_counter()
+    result = attack.run(defense, task, cfg, run_dir=run_dir, progress=progress)
+    log.info("attack %s: %s", name, result.metrics)
+    return card_entry(attack, cfg.defense, result) | {"seconds": time.perf_counter() - began}
 
 
 @contextlib.contextmanager

@@ -161,3 +161,11 @@ def test_mixup_end_to_end_through_the_cli(tmp_path):
     per_scan = pd.read_csv(run_dir / card["files"]["per_scan"])
     assert len(per_scan) == 4 * 2 and per_scan["a"].between(0.3, 0.7).all()
     assert card["mixup"]["tta"] == 2 and not list(run_dir.glob(".*tmp"))
+
+
+def test_too_few_references_fail_before_training(tmp_path):
+    result = CliRunner().invoke(app, ["run", "--preset", "test", "--defense", "mixup", "--out",
+                                      str(tmp_path), "--set", "mixup.tta_max=50", "--quiet"])
+    assert result.exit_code == 2
+    assert "raise task.reference_subjects" in result.output and "Traceback" not in result.output
+    assert not list(tmp_path.glob("**/checkpoint.pt")) and not list(tmp_path.glob("**/card.json"))

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import abc
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from privbench.config import RunConfig
 from privbench.engine import TrainReport
+from privbench.evaluation import Evaluation, evaluate_default
 from privbench.tasks.base import Task
-
-if TYPE_CHECKING:
-    from privbench.evaluation import Evaluation
 
 Key = Any  # a defense's client-side secret; None where there is none
 
@@ -59,9 +57,7 @@ class Defense(abc.ABC):
             total = probs if total is None else total + probs
         return total / tta
 
-    def evaluate(self, task: Task, cfg: RunConfig, *, run_dir: Path) -> "Evaluation":
+    def evaluate(self, task: Task, cfg: RunConfig, *, run_dir: Path) -> Evaluation:
         """Utility on the test scans for the card (one request per scan; defenses with
         several variants, like mixup, override this)."""
-        from privbench.evaluation import evaluate_default
-
         return evaluate_default(self, task, cfg)

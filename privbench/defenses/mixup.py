@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,13 +24,11 @@ from privbench import engine
 from privbench.config import RunConfig
 from privbench.defenses.base import Defense
 from privbench.errors import PrivbenchError
+from privbench.evaluation import Evaluation, evaluate_mixup
 from privbench.mixing import MIN_WEIGHT, mix, naive_unmix, one_hot
 from privbench.nets import SegmentationNet, UnmixingNet
 from privbench.registry import register_defense
 from privbench.tasks.base import Task
-
-if TYPE_CHECKING:
-    from privbench.evaluation import Evaluation
 
 UNMIXINGS = ("naive", "learned")
 
@@ -63,9 +60,7 @@ class MixupPrivacy(Defense):
     name = "mixup"
 
     def __init__(self, unmix: str = "learned"):
-        if unmix not in UNMIXINGS:
-            raise PrivbenchError(f"unknown unmixing {unmix!r} (available: {', '.join(UNMIXINGS)})")
-        self.unmix = unmix  # what decode() uses unless told otherwise
+        self.unmix = _checked(unmix)  # what decode() uses unless told otherwise
 
     def fit(self, task: Task, cfg: RunConfig, *, device: torch.device, progress: bool = True,
             workdir: Path | None = None) -> engine.TrainReport:
@@ -79,8 +74,9 @@ class MixupPrivacy(Defense):
     def attach(self, task: Task, cfg: RunConfig) -> None:
         """Give the client its reference pool (the task's ``reference`` scans, loaded lazily)."""
         self.task, self.pool = task, task.scans("reference")
-        if not self.pool:
-            raise PrivbenchError(f"task {task.name!r} has no reference scans for mixup")
+        if len(self.pool) < cfg.mixup.tta_max:  # fail before training, not after
+            raise PrivbenchError(f"mixup.tta_max={cfg.mixup.tta_max} needs as many reference scans; "
+                                 f"task {task.name!r} has {len(self.pool)} (raise task.reference_subjects)")
         self.eval_range = (cfg.mixup.eval_a_min, cfg.mixup.eval_a_max)
 
     def build(self, num_classes: int, cfg: RunConfig, device: torch.device) -> engine.Step:
@@ -140,12 +136,9 @@ class MixupPrivacy(Defense):
 
     def decode(self, server_output: torch.Tensor, key: MixupKey, unmix: str | None = None) -> torch.Tensor:
         """Unmixed probabilities ``[K,C,...]``, one per reference of the key."""
-        unmix = unmix or self.unmix
         y_ref = one_hot(key.ref_label, self.num_classes)
-        if unmix == "naive":
+        if _checked(unmix or self.unmix) == "naive":
             return naive_unmix(server_output, y_ref, key.a)
-        if unmix != "learned":
-            raise PrivbenchError(f"unknown unmixing {unmix!r} (available: {', '.join(UNMIXINGS)})")
         return self.learned_unmix(server_output, y_ref, key.a)
 
     def learned_unmix(self, y_mix: torch.Tensor, y_ref: torch.Tensor, a: float) -> torch.Tensor:
@@ -169,7 +162,11 @@ class MixupPrivacy(Defense):
         key = self.new_key(generator, k=tta)
         return self.decode(self.server(self.encode(image, key)), key).mean(0, keepdim=True)
 
-    def evaluate(self, task: Task, cfg: RunConfig, *, run_dir: Path) -> "Evaluation":
-        from privbench.evaluation import evaluate_mixup
-
+    def evaluate(self, task: Task, cfg: RunConfig, *, run_dir: Path) -> Evaluation:
         return evaluate_mixup(self, task, cfg, run_dir=run_dir)
+
+
+def _checked(unmix: str) -> str:
+    if unmix not in UNMIXINGS:
+        raise PrivbenchError(f"unknown unmixing {unmix!r} (available: {', '.join(UNMIXINGS)})")
+    return unmix

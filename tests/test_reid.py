@@ -1,0 +1,95 @@
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from privbench import config, runner
+from privbench.attacks import reid
+from privbench.attacks.base import Attack, Observation, observe_test_scans
+from privbench.cli import app
+from privbench.defenses.mixup import MixupPrivacy
+from privbench.defenses.none import NoProxy
+from privbench.leaderboard import collect
+from privbench.registry import create_task
+
+COHORT = {"task.n_subjects": 12, "task.test_fraction": 0.5, "task.max_test_scans": 0}
+
+
+@pytest.fixture(scope="module")
+def cohort(cache_dir):
+    """Six test subjects with 2-3 scans each (4 mm), and an untrained mixup client for them."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PRIVBENCH_CACHE", str(cache_dir))
+        cfg = config.resolve("test", COHORT, defense="mixup", attacks=("reid",))
+        task = create_task(cfg.task.name, cfg=cfg)
+    torch.manual_seed(0)
+    mixup = MixupPrivacy()
+    mixup.attach(task, cfg)
+    mixup.build(task.num_classes, cfg, torch.device("cpu"))
+    return cfg, task, mixup
+
+
+def test_unprotected_scans_are_re_identified_and_mixup_lowers_it(cohort, tmp_path):
+    cfg, task, mixup = cohort
+    assert len(task.subjects("test")) == 6 and len(task.scans("test")) >= 12
+    attack = reid.Reidentification()
+    plain = attack.run(NoProxy(), task, cfg, run_dir=tmp_path)
+    assert plain.metrics["map"] >= 0.9 and plain.metrics["top1"] >= 0.9
+    assert plain.metrics["chance"] == pytest.approx(1 / 6, abs=0.1)
+    mixed = attack.run(mixup, task, cfg, run_dir=tmp_path)
+    assert mixed.metrics["map"] < plain.metrics["map"] - 0.1
+    raw_row = mixed.table[1]
+    assert raw_row["guess"] == "attack on the unprotected scans" and raw_row["map"] == plain.metrics["map"]
+    assert (tmp_path / reid.HEATMAP).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_attacker_sees_only_the_requests(cohort, tmp_path, monkeypatch):
+    cfg, task, mixup = cohort
+    seen = []
+    real = reid.similarity
+    monkeypatch.setattr(reid, "similarity", lambda views: seen.append(views) or real(views))
+    reid.Reidentification().run(mixup, task, cfg, run_dir=tmp_path)
+    attacked, calibration = seen  # the attack, then the harness's raw-scan baseline
+    expected, _ = observe_test_scans(mixup, task, seed=cfg.seed + reid.SEED_OFFSET)
+    assert len(attacked) == len(expected.proxies)
+    for view, proxy in zip(attacked, expected.proxies):
+        assert isinstance(view, torch.Tensor) and torch.equal(view, proxy)
+    assert set(Observation.__dataclass_fields__) == {"proxies", "outputs"}
+
+
+def test_observing_outputs_compares_class_probabilities(cohort, tmp_path):
+    cfg, task, mixup = cohort
+    out_cfg = config.resolve("test", {**COHORT, "attack.reid.observe": "output"}, defense="mixup")
+    result = reid.Reidentification().run(mixup, task, out_cfg, run_dir=tmp_path)
+    assert result.label == "reid-output" and 0 <= result.metrics["map"] <= 1
+    sims = reid.similarity([torch.rand(1, 4, 20, 20, 20) for _ in range(3)])
+    assert sims.shape == (3, 3) and torch.allclose(sims.diagonal(), torch.ones(3), atol=1e-5)
+
+
+def test_reid_end_to_end_through_the_cli(tmp_path):
+    result = CliRunner().invoke(app, ["run", "--preset", "test", "--defense", "none", "--attack", "reid",
+                                      "--out", str(tmp_path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    (card_path,) = tmp_path.glob("mni-tissue/none/*/card.json")
+    (entry,) = json.loads(card_path.read_text())["attacks"]
+    assert entry["status"] == "done" and set(entry["metrics"]) == {"top1", "f1", "map", "chance"}
+    assert entry["seconds"] > 0 and (card_path.parent / entry["files"]["heatmap"]).exists()
+    row = collect(tmp_path).table.iloc[0]
+    assert row["attack"] == "reid" and row["reid_map"] == entry["metrics"]["map"]
+    bad = CliRunner().invoke(app, ["run", "--preset", "test", "--attack", "reidd", "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "did you mean 'reid'" in bad.output
+
+
+def test_an_attack_that_does_not_apply_is_recorded_not_run(cohort, tmp_path, monkeypatch):
+    cfg, task, _ = cohort
+
+    class MixupOnly(Attack):
+        name, applies_to, observes = "mixup-only", ("mixup",), "mixtures"
+
+        def run(self, *args, **kwargs):
+            raise AssertionError("a non-applicable attack must not run")
+
+    monkeypatch.setattr(runner, "create_attack", lambda name: MixupOnly())
+    entry = runner.run_attack("mixup-only", NoProxy(), task, config.resolve("test"), run_dir=tmp_path)
+    assert entry["status"] == "not applicable" and "applies to mixup, not none" in entry["reason"]
