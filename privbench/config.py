@@ -83,10 +83,31 @@ class ReidConfig:
 
 
 @dataclass
+class BssConfig:
+    """Blind source separation of a mixture: NCSN score model + annealed Langevin dynamics."""
+
+    iterations: int = 600  # score-model training on the public pool's patches (the paper: 100k)
+    batch_size: int = 4  # the paper: 16
+    lr: float = 5e-4  # Adam, as in the paper
+    features: tuple[int, ...] = (16, 16, 32, 64, 128, 16)  # the score U-Net++'s widths
+    num_sigmas: int = 20  # geometric noise levels from sigma_1 (largest patch distance) to sigma_min
+    sigma_min: float = 0.01
+    ema: float = 0.999  # decay of the weights' exponential moving average (used for sampling)
+    steps_per_level: int = 5  # Langevin steps T per noise level
+    step_lr: float = 2e-5  # eta_i = step_lr * sigma_i^2 / sigma_min^2
+    gamma_scale: float = 1.0  # gamma_i = gamma_scale * sigma_i, the mixture constraint's width
+    final_denoise: bool = True  # one last Tweedie step x += sigma_min^2 * score(x, sigma_min)
+    known_a: bool = True  # the attacker knows a (strongest case); else it assumes a = 0.5
+    n_patches: int = 8  # test patches separated (each from another test scan when there are enough)
+    n_inits: int = 3  # random initialisations shown in the figure
+
+
+@dataclass
 class AttackConfig:
     """Settings of each attack, by attack name."""
 
     reid: ReidConfig = field(default_factory=ReidConfig)
+    bss: BssConfig = field(default_factory=BssConfig)
 
 
 @dataclass
@@ -113,6 +134,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.iterations": 3, "train.batch_size": 2, "train.patch_size": 32,
         "train.features": (8, 8, 16, 16, 32, 8), "train.checkpoint_every": 2,
         "eval.sw_batch_size": 4, "mixup.unmix_features": 4, "mixup.tta": 2, "mixup.tta_max": 3,
+        "attack.bss.iterations": 3, "attack.bss.features": (8, 8, 16, 16, 32, 8),
+        "attack.bss.num_sigmas": 4, "attack.bss.steps_per_level": 2, "attack.bss.n_patches": 2,
+        "attack.bss.n_inits": 2,
     },
     # the default: a whole run in under ten minutes on two CPU cores (2 mm cohort)
     "quick": {},
@@ -123,7 +147,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.iterations": 200_000, "train.batch_size": 4, "train.patch_size": 32,
         "train.lr": 1e-4, "train.features": (32, 32, 64, 128, 256, 32),
         "train.checkpoint_every": 5_000, "mixup.tta": 10, "mixup.tta_max": 30,
-        "mixup.unmix_features": 16,
+        "mixup.unmix_features": 16, "attack.bss.iterations": 100_000, "attack.bss.batch_size": 16,
+        "attack.bss.features": (32, 32, 64, 128, 256, 32), "attack.bss.num_sigmas": 232,
+        "attack.bss.n_patches": 64,
     },
 }
 
@@ -248,6 +274,17 @@ def validate(cfg: RunConfig) -> None:
         (1 <= cfg.mixup.tta <= cfg.mixup.tta_max and cfg.mixup.tta_max >= 2,
          "mixup.tta must be >= 1 and <= mixup.tta_max, and mixup.tta_max >= 2 (test-retest)"),
         (cfg.attack.reid.observe in ("proxy", "output"), "attack.reid.observe must be proxy or output"),
+        (cfg.attack.bss.iterations >= 0 and cfg.attack.bss.batch_size >= 1 and cfg.attack.bss.lr > 0,
+         "attack.bss.iterations must be >= 0, batch_size >= 1 and lr > 0"),
+        (len(cfg.attack.bss.features) == 6 and min(cfg.attack.bss.features) >= 1,
+         "attack.bss.features must be 6 positive ints (BasicUNetPlusPlus)"),
+        (cfg.attack.bss.num_sigmas >= 2 and cfg.attack.bss.sigma_min > 0, "attack.bss.num_sigmas must be "
+         ">= 2 and attack.bss.sigma_min > 0"),
+        (0 <= cfg.attack.bss.ema < 1, "attack.bss.ema must be in [0, 1)"),
+        (cfg.attack.bss.steps_per_level >= 1 and cfg.attack.bss.step_lr > 0 and cfg.attack.bss.gamma_scale > 0,
+         "attack.bss.steps_per_level must be >= 1, step_lr > 0 and gamma_scale > 0"),
+        (cfg.attack.bss.n_patches >= 1 and cfg.attack.bss.n_inits >= 1,
+         "attack.bss.n_patches and attack.bss.n_inits must be >= 1"),
         (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
          "device must be auto, cpu, cuda or cuda:N"),
     ]

@@ -184,14 +184,14 @@ Step = Callable[[Batch, int], dict[str, float]]
 
 def train(step: Step, sampler: PatchSampler, cfg: TrainConfig, *, state: dict[str, Any],
           device: torch.device, workdir: Path | None = None, progress: bool = True,
-          name: str = "train") -> TrainReport:
+          name: str = "train", checkpoint: str = CHECKPOINT) -> TrainReport:
     """Call ``step(batch, iteration)`` for iterations ``[start, cfg.iterations)``.
 
     ``state`` maps names to modules and optimizers (anything with ``state_dict``): they are
-    saved to ``workdir/checkpoint.pt`` every ``cfg.checkpoint_every`` iterations and at the end,
+    saved to ``workdir/<checkpoint>`` every ``cfg.checkpoint_every`` iterations and at the end,
     and restored from it first when it exists. ``step`` does the update and returns its losses.
     """
-    start = load_checkpoint(workdir, state) if workdir else 0
+    start = load_checkpoint(workdir, state, checkpoint) if workdir else 0
     if start:
         log.info("resuming %s from iteration %d", name, start)
     losses: dict[str, float] = {}
@@ -208,9 +208,9 @@ def train(step: Step, sampler: PatchSampler, cfg: TrainConfig, *, state: dict[st
             if done % every == 0 or done == cfg.iterations:
                 log.info("%s iter %d/%d %s %.2f it/s", name, done, cfg.iterations, text, rate)
             if workdir and done % cfg.checkpoint_every == 0 and done < cfg.iterations:
-                save_checkpoint(workdir, state, done)
+                save_checkpoint(workdir, state, done, checkpoint)
     if workdir:
-        save_checkpoint(workdir, state, max(start, cfg.iterations))
+        save_checkpoint(workdir, state, max(start, cfg.iterations), checkpoint)
     return TrainReport(cfg.iterations, start, time.perf_counter() - began, losses)
 
 
@@ -222,17 +222,17 @@ def _progress_bar(enabled: bool) -> Iterator[Progress]:
         yield bar
 
 
-def save_checkpoint(workdir: Path, state: dict[str, Any], iteration: int) -> None:
+def save_checkpoint(workdir: Path, state: dict[str, Any], iteration: int, name: str = CHECKPOINT) -> None:
     """Write the checkpoint atomically (a crash mid-write keeps the previous one)."""
     payload = {"iteration": iteration, "state": {k: v.state_dict() for k, v in state.items()}}
-    tmp = workdir / f".{CHECKPOINT}.tmp"
+    tmp = workdir / f".{name}.tmp"
     torch.save(payload, tmp)
-    os.replace(tmp, workdir / CHECKPOINT)
+    os.replace(tmp, workdir / name)
 
 
-def load_checkpoint(workdir: Path, state: dict[str, Any]) -> int:
-    """Restore ``state`` from ``workdir/checkpoint.pt``; return its iteration (0 if none)."""
-    path = workdir / CHECKPOINT
+def load_checkpoint(workdir: Path, state: dict[str, Any], name: str = CHECKPOINT) -> int:
+    """Restore ``state`` from ``workdir/<name>``; return its iteration (0 if none)."""
+    path = workdir / name
     if not path.exists():
         return 0
     try:

@@ -108,3 +108,19 @@ def similarity_heatmap(sim: torch.Tensor, subjects: list[str], title: str) -> pl
     fig.colorbar(shown, ax=ax, fraction=0.046)
     fig.tight_layout()
     return fig
+
+
+def separation_examples(target: torch.Tensor, reference: torch.Tensor, mixture: torch.Tensor,
+                        inits: list[tuple[torch.Tensor, torch.Tensor]], a: float) -> plt.Figure:
+    """The paper's Fig. 4 for one patch ``[1,p,p,p]``: target, reference and mixture, then the two
+    sources recovered from each random initialisation (central axial slices)."""
+    middle = lambda t: torch.rot90(t[0, :, :, t.shape[-1] // 2], 1).numpy()  # noqa: E731
+    panels = [("target", target), ("reference", reference), (f"mixture (a = {a:.2f})", mixture)]
+    panels += [(f"init {i + 1}: source {j + 1}", s) for i, pair in enumerate(inits) for j, s in enumerate(pair)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.8 * len(panels), 2.1), squeeze=False)
+    for ax, (title, volume) in zip(axes[0], panels):
+        ax.imshow(middle(volume), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(title, fontsize=7)
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.tight_layout()
+    return fig

@@ -85,3 +85,16 @@ class UnmixingNet(nn.Module):
         deep = self.dec2(self.enc2(nn.functional.max_pool3d(skip, 2), a), a)
         up = nn.functional.interpolate(deep, size=skip.shape[2:], mode="nearest")
         return self.head(self.dec1(torch.cat([up, skip], dim=1), a))
+
+
+class ScoreNet(nn.Module):
+    """NCSNv2-style score model: a U-Net++ whose output is divided by the noise level,
+    ``s(x, sigma) = U(x) / sigma`` (Song & Ermon, 2020), estimating grad log p_sigma(x)."""
+
+    def __init__(self, features: tuple[int, ...] = (16, 16, 32, 64, 128, 16)):
+        super().__init__()
+        self.net = SegmentationNet(1, 1, features)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1, 1)
+        return self.net(x) / sigma

@@ -1,0 +1,91 @@
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from privbench import config
+from privbench.attacks import bss
+from privbench.cli import app
+from privbench.defenses.mixup import MixupPrivacy
+from privbench.mixing import mix
+from privbench.registry import create_task
+
+
+def test_separation_lands_on_the_gaussian_posterior_mean():
+    """Both sources ~ N(mu, v) per voxel; given m = a*x1 + (1-a)*x2 exactly, the posterior mean
+    is E[x1|m] = mu + a*(m - mu)/(a^2 + b^2), E[x2|m] = mu + b*(m - mu)/(a^2 + b^2), b = 1 - a."""
+    mu, var, a, m_value = 0.2, 0.5, 0.3, 0.6
+    b = 1 - a
+    score = lambda x, sigma: -(x - mu) / (var + sigma**2)  # noqa: E731  (exact score of N(mu, var+sigma^2))
+    mixture = torch.full((256, 1, 4, 4, 2), m_value, dtype=torch.float64)
+    sigmas = bss.noise_levels(5.0, 0.01, 30).double()
+    x1, x2 = bss.separate(mixture, a, score, sigmas, 20, 5e-5, generator=torch.Generator().manual_seed(0))
+    expected1 = mu + a * (m_value - mu) / (a**2 + b**2)
+    expected2 = mu + b * (m_value - mu) / (a**2 + b**2)
+    sd1 = (var * b**2 / (a**2 + b**2)) ** 0.5  # posterior spread of x1 (along the constraint)
+    standard_error = sd1 / x1.numel() ** 0.5
+    assert abs(float(x1.mean()) - expected1) < 5 * standard_error + 0.01
+    assert abs(float(x2.mean()) - expected2) < 5 * standard_error * a / b + 0.01
+    residual = mixture - a * x1 - b * x2  # the constraint holds sample by sample, within gamma_L = 0.01
+    assert float(residual.pow(2).mean().sqrt()) < 0.03
+    assert float(x1.std()) > 0.3 * sd1  # samples, not a collapse onto one point
+
+
+def test_noise_levels_and_largest_distance():
+    levels = bss.noise_levels(10.0, 0.01, 4)
+    assert torch.allclose(levels, torch.tensor([10.0, 1.0, 0.1, 0.01]), rtol=1e-5)
+    patches = torch.zeros(3, 1, 2, 2, 2)
+    patches[1] += 1.0
+    assert bss.largest_distance(patches) == pytest.approx(8**0.5)
+
+
+@pytest.fixture(scope="module")
+def mixup_client(cache_dir):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PRIVBENCH_CACHE", str(cache_dir))
+        cfg = config.resolve("test", defense="mixup", attacks=("bss",))
+        task = create_task(cfg.task.name, cfg=cfg)
+    defense = MixupPrivacy()
+    defense.attach(task, cfg)
+    return cfg, task, defense
+
+
+def test_the_separation_sees_only_mixtures_and_weights(mixup_client, tmp_path, monkeypatch):
+    cfg, task, defense = mixup_client
+    calls = []
+
+    def spy(mixture, alpha, score, sigmas, *args, **kwargs):
+        calls.append((mixture, alpha))
+        return mixture, mixture
+
+    monkeypatch.setattr(bss, "separate", spy)
+    result = bss.BlindSourceSeparation().run(defense, task, cfg, run_dir=tmp_path)
+    mixtures, alphas, targets, references = bss.victim_patches(defense, task, cfg)
+    assert torch.allclose(mixtures, mix(targets, references, alphas))
+    seen_mixture, seen_alpha = calls[0]
+    assert torch.equal(seen_mixture.cpu(), mixtures) and torch.equal(seen_alpha.cpu(), alphas)
+    assert len(calls) == 1 + cfg.attack.bss.n_inits
+    # returning the mixture as both sources scores exactly the "mixture as guess" baseline
+    assert result.metrics["msssim"] == pytest.approx(result.metrics["mixture_msssim"])
+    assert result.metrics["oracle_msssim"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_bss_end_to_end_and_not_applicable_to_none(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["run", "--preset", "test", "--defense", "mixup", "--attack", "bss",
+                                 "--out", str(tmp_path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    (card_path,) = tmp_path.glob("mni-tissue/mixup/*/card.json")
+    (entry,) = json.loads(card_path.read_text())["attacks"]
+    assert entry["status"] == "done" and entry["settings"]["n_patches"] == 2
+    assert 0 <= entry["metrics"]["msssim"] <= 1 and entry["metrics"]["oracle_msssim"] > 0.99
+    assert [row["guess"] for row in entry["table"]] == [
+        "bss (Langevin separation)", "mixture as guess", "oracle knowing the reference"]
+    assert (card_path.parent / bss.CHECKPOINT).exists() and (card_path.parent / bss.FIGURE).exists()
+    none = runner.invoke(app, ["run", "--preset", "test", "--defense", "none", "--attack", "bss",
+                               "--out", str(tmp_path), "--quiet"])
+    assert none.exit_code == 0, none.output
+    (card_path,) = tmp_path.glob("mni-tissue/none/*/card.json")
+    (entry,) = json.loads(card_path.read_text())["attacks"]
+    assert entry["status"] == "not applicable" and "not none" in entry["reason"]
