@@ -147,9 +147,11 @@ class BlindSourceSeparation(Attack):
         mixtures, alphas, targets, references = victim_patches(defense, task, cfg)
         assumed = alphas if bss.known_a else torch.full_like(alphas, 0.5)
 
-        def attack(seed: int) -> tuple[torch.Tensor, torch.Tensor]:  # sees mixtures and a only
+        def attack(seed: int, count: int = len(mixtures)) -> tuple[torch.Tensor, torch.Tensor]:
+            """The attacker: separates the first ``count`` mixtures, seeing them and a only."""
             generator = torch.Generator(device=device).manual_seed(seed)
-            x1, x2 = separate(mixtures.to(device), assumed.to(device), model, model.sigmas.to(device),
+            x1, x2 = separate(mixtures[:count].to(device), assumed[:count].to(device), model,
+                              model.sigmas.to(device),
                               bss.steps_per_level, bss.step_lr, generator=generator,
                               gamma_scale=bss.gamma_scale, final_denoise=bss.final_denoise)
             return x1.cpu().clamp(0, 1), x2.cpu().clamp(0, 1)
@@ -158,7 +160,7 @@ class BlindSourceSeparation(Attack):
         recovered = torch.maximum(_msssim(x1, targets), _msssim(x2, targets))
         mixture_guess = _msssim(mixtures, targets)
         oracle = _msssim(((mixtures - (1 - _col(alphas)) * references) / _col(alphas)).clamp(0, 1), targets)
-        inits = [attack(cfg.seed + SEED_OFFSET + 1 + i) for i in range(bss.n_inits)]
+        inits = [attack(cfg.seed + SEED_OFFSET + 1 + i, count=1) for i in range(bss.n_inits)]
         figures.save_atomic(figures.separation_examples(targets[0], references[0], mixtures[0],
                                                         [(s1[0], s2[0]) for s1, s2 in inits],
                                                         float(alphas[0])), run_dir / FIGURE)
