@@ -11,7 +11,8 @@ from privbench.registry import Registry, UnknownNameError
 
 def test_builtins_are_registered_with_metadata():
     assert "mni-tissue" in registry.list_tasks()
-    assert "none" in registry.list_defenses()
+    assert {"none", "mixup"} <= set(registry.list_defenses())
+    assert {"bss", "reid"} <= set(registry.list_attacks())
     entry = registry.DEFENSES.get("none")
     assert entry.description and entry.paper and entry.source == "privbench"
 

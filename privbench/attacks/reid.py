@@ -57,7 +57,8 @@ class Reidentification(Attack):
         raw = score(similarity([task.load(s)[0][None] for s in task.scans("test")]), truth)
         figures.save_atomic(figures.similarity_heatmap(sim, truth.subjects, f"{defense.name}: {observe}"),
                             run_dir / HEATMAP)
-        table = [{"guess": f"attack on {observe}s", **metrics},
+        seen_as = {"proxy": "attack on the requests", "output": "attack on the server's answers"}[observe]
+        table = [{"guess": seen_as, **metrics},
                  {"guess": "attack on the unprotected scans", **raw},
                  {"guess": "chance", "top1": metrics["chance"]}]
         label = "reid" if observe == "proxy" else f"reid-{observe}"

@@ -89,7 +89,9 @@ class MixupPrivacy(Defense):
         params = list(self.net.parameters()) + list(self.unmixer.parameters())
         optimizer = torch.optim.Adam(params, lr=cfg.train.lr)
         self.state = {"net": self.net, "unmixer": self.unmixer, "optimizer": optimizer}
-        mixed_loss = DiceCELoss(softmax=True, batch=True)  # soft targets: the mixed one-hot labels
+        # soft targets (the mixed one-hot labels): squared denominators make p = target the
+        # optimum of the Dice term (with plain sums it pushes p towards hard labels)
+        mixed_loss = DiceCELoss(softmax=True, squared_pred=True, batch=True)
         target_loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
 
         def step(batch: engine.Batch, iteration: int) -> dict[str, float]:
