@@ -97,6 +97,8 @@ class BssConfig:
     step_lr: float = 2e-5  # eta_i = step_lr * sigma_i^2 / sigma_min^2
     gamma_scale: float = 1.0  # gamma_i = gamma_scale * sigma_i, the mixture constraint's width
     final_denoise: bool = True  # one last Tweedie step x += sigma_min^2 * score(x, sigma_min)
+    start_sigma: float = 1.0  # > 0: sample only the levels <= this, both sources starting at the
+    # mixture (a warm start for short CPU budgets); 0: every level from sigma_1, uniform start
     known_a: bool = True  # the attacker knows a (strongest case); else it assumes a = 0.5
     n_patches: int = 8  # test patches separated (each from another test scan when there are enough)
     n_inits: int = 3  # random initialisations shown in the figure
@@ -149,7 +151,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.checkpoint_every": 5_000, "mixup.tta": 10, "mixup.tta_max": 30,
         "mixup.unmix_features": 16, "attack.bss.iterations": 100_000, "attack.bss.batch_size": 16,
         "attack.bss.features": (32, 32, 64, 128, 256, 32), "attack.bss.num_sigmas": 232,
-        "attack.bss.n_patches": 64,
+        "attack.bss.n_patches": 64, "attack.bss.start_sigma": 0.0,
     },
 }
 
@@ -283,6 +285,7 @@ def validate(cfg: RunConfig) -> None:
         (0 <= cfg.attack.bss.ema < 1, "attack.bss.ema must be in [0, 1)"),
         (cfg.attack.bss.steps_per_level >= 1 and cfg.attack.bss.step_lr > 0 and cfg.attack.bss.gamma_scale > 0,
          "attack.bss.steps_per_level must be >= 1, step_lr > 0 and gamma_scale > 0"),
+        (cfg.attack.bss.start_sigma >= 0, "attack.bss.start_sigma must be >= 0"),
         (cfg.attack.bss.n_patches >= 1 and cfg.attack.bss.n_inits >= 1,
          "attack.bss.n_patches and attack.bss.n_inits must be >= 1"),
         (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),

@@ -48,20 +48,24 @@ def largest_distance(patches: torch.Tensor) -> float:
 
 def separate(mixture: torch.Tensor, alpha: float | torch.Tensor, score: Score, sigmas: torch.Tensor,
              steps_per_level: int, step_lr: float, *, generator: torch.Generator | None = None,
-             gamma_scale: float = 1.0, final_denoise: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+             gamma_scale: float = 1.0, final_denoise: bool = True,
+             init: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample two sources ``(x1, x2)`` of ``mixture = a*x1 + (1-a)*x2`` by annealed Langevin dynamics.
 
     For each level sigma_i (descending) and ``steps_per_level`` steps, with
     ``eta_i = step_lr * sigma_i^2 / sigma_L^2`` and ``gamma_i = gamma_scale * sigma_i``:
     ``x_j += eta_i * (score(x_j, sigma_i) + c_j * (m - a*x1 - (1-a)*x2) / gamma_i^2) + sqrt(2*eta_i) * z``
     with ``c_1 = a``, ``c_2 = 1 - a``; then, optionally, ``x_j += sigma_L^2 * score(x_j, sigma_L)``.
-    Sources start uniform in [0, 1] (as in NCSN). ``alpha`` is a float or a per-sample ``[B]``
-    tensor; ``score`` is any callable (both sources share the prior).
+    Sources start uniform in [0, 1] (as in NCSN) unless ``init`` gives them. ``alpha`` is a float
+    or a per-sample ``[B]`` tensor; ``score`` is any callable (both sources share the prior).
     """
     m = mixture
     a = torch.as_tensor(alpha, dtype=m.dtype, device=m.device)
     a = a.reshape(-1, *([1] * (m.ndim - 1))) if a.ndim else a
-    x1, x2 = (torch.rand(m.shape, generator=generator, device=m.device, dtype=m.dtype) for _ in range(2))
+    if init is None:
+        x1, x2 = (torch.rand(m.shape, generator=generator, device=m.device, dtype=m.dtype) for _ in range(2))
+    else:
+        x1, x2 = init
     sigma_last = float(sigmas[-1])
     for sigma in map(float, sigmas):
         eta, gamma2 = step_lr * sigma**2 / sigma_last**2, (gamma_scale * sigma) ** 2
@@ -146,14 +150,17 @@ class BlindSourceSeparation(Attack):
         report = model.fit(task, cfg, workdir=run_dir, progress=progress)
         mixtures, alphas, targets, references = victim_patches(defense, task, cfg)
         assumed = alphas if bss.known_a else torch.full_like(alphas, 0.5)
+        levels = model.sigmas[model.sigmas <= bss.start_sigma] if bss.start_sigma > 0 else model.sigmas
+        levels = levels if len(levels) else model.sigmas[-1:]
 
         def attack(seed: int, count: int = len(mixtures)) -> tuple[torch.Tensor, torch.Tensor]:
             """The attacker: separates the first ``count`` mixtures, seeing them and a only."""
             generator = torch.Generator(device=device).manual_seed(seed)
-            x1, x2 = separate(mixtures[:count].to(device), assumed[:count].to(device), model,
-                              model.sigmas.to(device),
+            m = mixtures[:count].to(device)
+            start = (m.clone(), m.clone()) if bss.start_sigma > 0 else None  # both sources = m
+            x1, x2 = separate(m, assumed[:count].to(device), model, levels.to(device),
                               bss.steps_per_level, bss.step_lr, generator=generator,
-                              gamma_scale=bss.gamma_scale, final_denoise=bss.final_denoise)
+                              gamma_scale=bss.gamma_scale, final_denoise=bss.final_denoise, init=start)
             return x1.cpu().clamp(0, 1), x2.cpu().clamp(0, 1)
 
         x1, x2 = attack(cfg.seed + SEED_OFFSET)
@@ -170,7 +177,8 @@ class BlindSourceSeparation(Attack):
         metrics = {"msssim": table[0]["msssim_mean"], "msssim_std": table[0]["msssim_std"],
                    "mixture_msssim": table[1]["msssim_mean"], "oracle_msssim": table[2]["msssim_mean"]}
         settings = {"known_a": bss.known_a, "n_patches": len(targets), "sigma_1": float(model.sigmas[0]),
-                    "num_sigmas": bss.num_sigmas, "score_train_seconds": report.seconds,
+                    "num_sigmas": bss.num_sigmas, "sampling_levels": len(levels),
+                    "sampling_sigma_start": float(levels[0]), "score_train_seconds": report.seconds,
                     "score_iterations": report.iterations}
         return AttackResult(metrics, "bss", table, {"figure": FIGURE}, settings)
 
