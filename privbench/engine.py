@@ -147,8 +147,7 @@ class PatchSampler:
                      torch.stack(ref_images), torch.stack(ref_labels))
 
     def _crop(self, volume: np.ndarray, start: list[int], dtype: torch.dtype) -> torch.Tensor:
-        window = tuple(slice(s, s + self.patch_size) for s in start)
-        return _pad_to(torch.tensor(volume[window], dtype=dtype), self.patch_size)
+        return crop_patch(volume, start, self.patch_size, dtype)
 
     def _partner(self, index: int, rng: np.random.Generator) -> int:
         """A random scan of another subject (any other scan if every scan is this subject's)."""
@@ -158,8 +157,10 @@ class PatchSampler:
         return others[int(rng.integers(len(others)))]
 
 
-def _pad_to(t: torch.Tensor, p: int) -> torch.Tensor:
-    """Zero-pad the last three dims up to ``p`` (for volumes smaller than a patch)."""
+def crop_patch(volume: np.ndarray, start: list[int], p: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The ``p``-cube of ``volume`` from ``start``, as a tensor, zero-padded where the volume
+    is smaller than a patch."""
+    t = torch.tensor(volume[tuple(slice(s, s + p) for s in start)], dtype=dtype)
     pad = [x for n in reversed(t.shape[-3:]) for x in (0, p - n)]
     return torch.nn.functional.pad(t, pad) if any(pad) else t
 

@@ -98,3 +98,31 @@ class ScoreNet(nn.Module):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1, 1)
         return self.net(x) / sigma
+
+
+class SiameseDiscriminator(nn.Module):
+    """Is a pair of co-located patches from one subject? A 3D CNN embeds each patch
+    (L2-normalised); the pair's logit is a learned affine function of their cosine similarity.
+
+    Shared by Privacy-Net and Deformation-Proxy, whose encoders are trained to fool it.
+    """
+
+    def __init__(self, features: tuple[int, ...] = (8, 16, 32, 64), embedding: int = 64):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for cin, cout in zip((1, *features[:-1]), features):
+            layers += [nn.Conv3d(cin, cout, 3, padding=1), nn.InstanceNorm3d(cout, affine=True),
+                       nn.LeakyReLU(0.1), nn.MaxPool3d(2)]
+        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool3d(1), nn.Flatten(),
+                                  nn.Linear(features[-1], embedding))
+        self.scale = nn.Parameter(torch.tensor(5.0))
+        self.bias = nn.Parameter(torch.tensor(0.0))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Unit-length identity embeddings ``[B,E]`` of patches ``[B,1,p,p,p]``."""
+        return nn.functional.normalize(self.body(x), dim=1)
+
+    def forward(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B]`` of "same subject" for the pairs (first[i], second[i])."""
+        cosine = (self.embed(first) * self.embed(second)).sum(1)
+        return self.scale * cosine + self.bias

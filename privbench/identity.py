@@ -1,0 +1,84 @@
+"""Pairs of scans for the Siamese identity discriminator (Privacy-Net, Deformation-Proxy).
+
+:class:`PairSampler` draws balanced batches of co-located patch pairs: positives are two
+sessions of one subject, negatives two subjects. :func:`pair_loss` and :func:`pair_accuracy`
+train and score a :class:`~privbench.nets.SiameseDiscriminator` on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from privbench.engine import crop_patch
+from privbench.errors import PrivbenchError
+from privbench.tasks.base import Task
+
+
+@dataclass
+class PairBatch:
+    """Patches ``[B,1,p,p,p]`` of both sides of B pairs, and whether each pair is one subject."""
+
+    first: torch.Tensor
+    second: torch.Tensor
+    same: torch.Tensor  # [B] float, 1 for a positive pair
+
+    def to(self, device: torch.device) -> "PairBatch":
+        return PairBatch(self.first.to(device), self.second.to(device), self.same.to(device))
+
+
+class PairSampler:
+    """Balanced same-/different-subject pairs of co-located patches from one role of a task;
+    batch ``i`` depends only on the seed and ``i``."""
+
+    def __init__(self, task: Task, patch_size: int, batch_size: int, seed: int, role: str = "train"):
+        scans = task.scans(role)
+        by_subject: dict[str, list[int]] = {}
+        for index, scan in enumerate(scans):
+            by_subject.setdefault(scan.subject, []).append(index)
+        self.repeated = [indices for indices in by_subject.values() if len(indices) >= 2]
+        if not self.repeated or len(by_subject) < 2:
+            raise PrivbenchError(f"task {task.name!r} needs two or more subjects with at least two {role} "
+                                 "scans each for the Siamese identity discriminator (privacy-net, deformation)")
+        self.groups = list(by_subject.values())
+        self.volumes = [task.arrays(scan)[0] for scan in scans]  # memory-mapped images
+        self.patch_size, self.batch_size, self.seed = patch_size, batch_size, seed
+
+    def batch(self, iteration: int) -> PairBatch:
+        rng = np.random.default_rng([self.seed, iteration])
+        firsts, seconds, same = [], [], []
+        for k in range(self.batch_size):
+            positive = k % 2 == 0
+            if positive:
+                group = self.repeated[rng.integers(len(self.repeated))]
+                i, j = rng.choice(group, size=2, replace=False)
+            else:
+                g1, g2 = rng.choice(len(self.groups), size=2, replace=False)
+                i, j = rng.choice(self.groups[g1]), rng.choice(self.groups[g2])
+            shape = self.volumes[i].shape
+            start = [int(rng.integers(0, max(n - self.patch_size, 0) + 1)) for n in shape]
+            firsts.append(crop_patch(self.volumes[i], start, self.patch_size)[None])
+            seconds.append(crop_patch(self.volumes[j], start, self.patch_size)[None])
+            same.append(float(positive))
+        return PairBatch(torch.stack(firsts), torch.stack(seconds), torch.tensor(same))
+
+
+def pair_loss(discriminator: torch.nn.Module, batch: PairBatch) -> torch.Tensor:
+    """Binary cross-entropy of the discriminator's same-subject logits."""
+    logits = discriminator(batch.first, batch.second)
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), batch.same)
+
+
+@torch.no_grad()
+def pair_accuracy(discriminator: torch.nn.Module, sampler: PairSampler, batches: int = 4) -> float:
+    """Share of pairs the discriminator labels correctly (logit > 0 means same subject)."""
+    discriminator.eval()
+    correct = total = 0
+    for i in range(batches):
+        batch = sampler.batch(i)
+        guess = discriminator(batch.first, batch.second) > 0
+        correct += int((guess == batch.same.bool()).sum())
+        total += len(batch.same)
+    return correct / total
