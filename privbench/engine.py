@@ -133,21 +133,18 @@ class PatchSampler:
         images, labels, subjects, ref_images, ref_labels = [], [], [], [], []
         for index in rng.integers(len(self.volumes), size=self.batch_size):
             image, label = self.volumes[index]
-            start = [int(rng.integers(0, max(n - self.patch_size, 0) + 1)) for n in label.shape]
-            images.append(self._crop(image, start, torch.float32)[None])
-            labels.append(self._crop(label, start, torch.int64))
+            start = random_start(rng, label.shape, self.patch_size)
+            images.append(crop_patch(image, start, self.patch_size)[None])
+            labels.append(crop_patch(label, start, self.patch_size, torch.int64))
             subjects.append(self.scans[index].subject)
             if self.references:
                 ref_image, ref_label = self.volumes[self._partner(int(index), partners)]
-                ref_images.append(self._crop(ref_image, start, torch.float32)[None])
-                ref_labels.append(self._crop(ref_label, start, torch.int64))
+                ref_images.append(crop_patch(ref_image, start, self.patch_size)[None])
+                ref_labels.append(crop_patch(ref_label, start, self.patch_size, torch.int64))
         if not self.references:
             return Batch(torch.stack(images), torch.stack(labels), subjects)
         return Batch(torch.stack(images), torch.stack(labels), subjects,
                      torch.stack(ref_images), torch.stack(ref_labels))
-
-    def _crop(self, volume: np.ndarray, start: list[int], dtype: torch.dtype) -> torch.Tensor:
-        return crop_patch(volume, start, self.patch_size, dtype)
 
     def _partner(self, index: int, rng: np.random.Generator) -> int:
         """A random scan of another subject (any other scan if every scan is this subject's)."""
@@ -155,6 +152,11 @@ class PatchSampler:
         others = [i for i, scan in enumerate(self.scans) if scan.subject != subject]
         others = others or [i for i in range(len(self.scans)) if i != index] or [index]
         return others[int(rng.integers(len(others)))]
+
+
+def random_start(rng: np.random.Generator, shape: tuple[int, ...], p: int) -> list[int]:
+    """A uniformly random corner of a ``p``-cube inside ``shape`` (0 where a side is shorter)."""
+    return [int(rng.integers(0, max(n - p, 0) + 1)) for n in shape]
 
 
 def crop_patch(volume: np.ndarray, start: list[int], p: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from privbench.engine import crop_patch
+from privbench.engine import crop_patch, random_start
 from privbench.errors import PrivbenchError
 from privbench.tasks.base import Task
 
@@ -57,8 +57,7 @@ class PairSampler:
             else:
                 g1, g2 = rng.choice(len(self.groups), size=2, replace=False)
                 i, j = rng.choice(self.groups[g1]), rng.choice(self.groups[g2])
-            shape = self.volumes[i].shape
-            start = [int(rng.integers(0, max(n - self.patch_size, 0) + 1)) for n in shape]
+            start = random_start(rng, self.volumes[i].shape, self.patch_size)
             firsts.append(crop_patch(self.volumes[i], start, self.patch_size)[None])
             seconds.append(crop_patch(self.volumes[j], start, self.patch_size)[None])
             same.append(float(positive))

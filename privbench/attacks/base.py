@@ -35,10 +35,11 @@ class Observation:
 @dataclass
 class Truth:
     """What the harness knows and the attacker does not: per request, the subject and session
-    of the scan it carries."""
+    of the scan it carries, and the clean image ``[1,1,D,H,W]`` (for calibration baselines)."""
 
     subjects: list[str]
     sessions: list[str]
+    images: list[torch.Tensor]
 
 
 @dataclass
@@ -75,16 +76,17 @@ def observe_test_scans(defense: Defense, task: Task, *, seed: int,
     """Encode every test scan with a fresh key, as a client would; optionally send each proxy to
     the server. Returns the attacker's view and, separately, the truth for scoring."""
     generator = torch.Generator().manual_seed(seed)
-    proxies, returned, subjects, sessions = [], [], [], []
+    proxies, returned, subjects, sessions, images = [], [], [], [], []
     for scan in task.scans("test"):
         image = task.load(scan)[0][None]
+        images.append(image)
         proxy = defense.encode(image, defense.new_key(generator))
         proxies.append(proxy)
         if outputs:
             returned.append(defense.server(proxy))
         subjects.append(scan.subject)
         sessions.append(scan.session)
-    return Observation(proxies, returned if outputs else None), Truth(subjects, sessions)
+    return Observation(proxies, returned if outputs else None), Truth(subjects, sessions, images)
 
 
 def card_entry(attack: Attack, defense: str, result: AttackResult | None) -> dict[str, Any]:

@@ -54,7 +54,7 @@ class Reidentification(Attack):
                                          outputs=observe == "output")
         sim = similarity(seen.outputs if observe == "output" else seen.proxies)
         metrics = score(sim, truth)
-        raw = score(similarity([task.load(s)[0][None] for s in task.scans("test")]), truth)
+        raw = score(similarity(truth.images), truth)  # the harness's baseline: unprotected scans
         figures.save_atomic(figures.similarity_heatmap(sim, truth.subjects, f"{defense.name}: {observe}"),
                             run_dir / HEATMAP)
         seen_as = {"proxy": "attack on the requests", "output": "attack on the server's answers"}[observe]
