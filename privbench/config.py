@@ -76,6 +76,32 @@ class MixupConfig:
 
 
 @dataclass
+class AdversaryConfig:
+    """The Siamese identity discriminator that privacy-net and deformation are trained to fool."""
+
+    weight: float = 0.1  # lambda: encoder and segmenter minimise segmentation - lambda * discriminator BCE
+    features: tuple[int, ...] = (8, 16, 32, 64)  # widths of its conv blocks (each halves the patch)
+
+
+@dataclass
+class PrivacyNetConfig:
+    """Privacy-Net (Kim et al., IEEE TMI 2021): the client's encoder."""
+
+    encoder_features: tuple[int, ...] = (8, 8, 16, 32, 64, 8)  # the encoder U-Net's widths (MONAI BasicUNet)
+
+
+@dataclass
+class DeformationConfig:
+    """Deformation-Proxy (Kim et al., BMVC 2021): the client's flow-field generator."""
+
+    max_velocity_mm: float = 8.0  # bound of each velocity component (tanh); displacements stay within it
+    control_spacing_mm: float = 16.0  # distance between the velocity field's control points
+    noise_channels: int = 8  # Gaussian noise per control point, drawn from the key's seed
+    generator_features: int = 32  # width of the generator's layers
+    integration_steps: int = 7  # scaling-and-squaring steps (the field is split into 2^steps)
+
+
+@dataclass
 class ReidConfig:
     """MS-SSIM re-identification (Kim et al., IPMI 2023, Table 2)."""
 
@@ -125,6 +151,9 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     mixup: MixupConfig = field(default_factory=MixupConfig)
+    adversary: AdversaryConfig = field(default_factory=AdversaryConfig)
+    privacy_net: PrivacyNetConfig = field(default_factory=PrivacyNetConfig)
+    deformation: DeformationConfig = field(default_factory=DeformationConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
 
 
@@ -138,7 +167,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval.sw_batch_size": 4, "mixup.unmix_features": 4, "mixup.tta": 2, "mixup.tta_max": 3,
         "attack.bss.iterations": 3, "attack.bss.features": (8, 8, 16, 16, 32, 8),
         "attack.bss.num_sigmas": 4, "attack.bss.steps_per_level": 2, "attack.bss.n_patches": 2,
-        "attack.bss.n_inits": 2,
+        "attack.bss.n_inits": 2, "adversary.features": (4, 8, 8, 16),
+        "privacy_net.encoder_features": (4, 4, 8, 8, 16, 4), "deformation.generator_features": 8,
     },
     # the default: a whole run in under ten minutes on two CPU cores (2 mm cohort)
     "quick": {},
@@ -152,6 +182,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "mixup.unmix_features": 16, "attack.bss.iterations": 100_000, "attack.bss.batch_size": 16,
         "attack.bss.features": (32, 32, 64, 128, 256, 32), "attack.bss.num_sigmas": 232,
         "attack.bss.n_patches": 64, "attack.bss.start_sigma": 0.0,
+        "adversary.features": (16, 32, 64, 128),
+        "privacy_net.encoder_features": (32, 32, 64, 128, 256, 32),
     },
 }
 
@@ -275,6 +307,17 @@ def validate(cfg: RunConfig) -> None:
         (cfg.mixup.unmix_features >= 1, "mixup.unmix_features must be >= 1"),
         (1 <= cfg.mixup.tta <= cfg.mixup.tta_max and cfg.mixup.tta_max >= 2,
          "mixup.tta must be >= 1 and <= mixup.tta_max, and mixup.tta_max >= 2 (test-retest)"),
+        (cfg.adversary.weight >= 0, "adversary.weight (lambda) must be >= 0"),
+        (len(cfg.adversary.features) >= 1 and min(cfg.adversary.features) >= 1
+         and cfg.train.patch_size % 2 ** len(cfg.adversary.features) == 0,
+         "adversary.features must be positive ints, one block per halving of train.patch_size"),
+        (len(cfg.privacy_net.encoder_features) == 6 and min(cfg.privacy_net.encoder_features) >= 1,
+         "privacy_net.encoder_features must be 6 positive ints (BasicUNet)"),
+        (cfg.deformation.max_velocity_mm >= 0 and cfg.deformation.control_spacing_mm > 0,
+         "deformation.max_velocity_mm must be >= 0 and deformation.control_spacing_mm > 0"),
+        (min(cfg.deformation.noise_channels, cfg.deformation.generator_features,
+             cfg.deformation.integration_steps) >= 1,
+         "deformation.noise_channels, generator_features and integration_steps must be >= 1"),
         (cfg.attack.reid.observe in ("proxy", "output"), "attack.reid.observe must be proxy or output"),
         (cfg.attack.bss.iterations >= 0 and cfg.attack.bss.batch_size >= 1 and cfg.attack.bss.lr > 0,
          "attack.bss.iterations must be >= 0, batch_size >= 1 and lr > 0"),
@@ -319,8 +362,9 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-# sections read by one defense only: they change the hash of that defense's runs alone
-_DEFENSE_SECTIONS = {"mixup": "mixup"}
+# sections read by some defenses only: they change the hash of those defenses' runs alone
+_DEFENSE_SECTIONS = {"mixup": ("mixup",), "privacy-net": ("privacy_net", "adversary"),
+                     "deformation": ("deformation", "adversary")}
 
 
 def _fields(cls: type) -> list[str]:
@@ -330,7 +374,9 @@ def _fields(cls: type) -> list[str]:
 def config_hash(cfg: RunConfig) -> str:
     """Short SHA-256 of every result-changing field (device, preset name, cache path, and the
     sections of defenses and attacks the run does not use excluded)."""
-    foreign = {f"{section}." for defense, section in _DEFENSE_SECTIONS.items() if defense != cfg.defense}
+    own = _DEFENSE_SECTIONS.get(cfg.defense, ())
+    foreign = {f"{section}." for sections in _DEFENSE_SECTIONS.values() for section in sections
+               if section not in own}
     foreign |= {f"attack.{name}." for name in _fields(AttackConfig) if name not in cfg.attacks}
     unhashed = _UNHASHED | (set() if cfg.attacks else {"attacks"})
     flat = {k: v for k, v in _flatten(to_dict(cfg)).items()

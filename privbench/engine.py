@@ -160,10 +160,11 @@ def random_start(rng: np.random.Generator, shape: tuple[int, ...], p: int) -> li
 
 
 def crop_patch(volume: np.ndarray, start: list[int], p: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The ``p``-cube of ``volume`` from ``start``, as a tensor, zero-padded where the volume
-    is smaller than a patch."""
-    t = torch.tensor(volume[tuple(slice(s, s + p) for s in start)], dtype=dtype)
-    pad = [x for n in reversed(t.shape[-3:]) for x in (0, p - n)]
+    """The ``p``-cube of ``volume`` from ``start``, as a tensor, zero-padded where it reaches
+    outside the volume (a negative ``start``, or a volume smaller than a patch)."""
+    inside = [slice(max(s, 0), min(s + p, n)) for s, n in zip(start, volume.shape)]
+    t = torch.tensor(volume[tuple(inside)], dtype=dtype)
+    pad = [x for s, cut in zip(reversed(start), reversed(inside)) for x in (cut.start - s, s + p - cut.stop)]
     return torch.nn.functional.pad(t, pad) if any(pad) else t
 
 
@@ -250,8 +251,9 @@ def load_checkpoint(workdir: Path, state: dict[str, Any], name: str = CHECKPOINT
 @torch.no_grad()
 def sliding_window_predict(net: Callable[[torch.Tensor], torch.Tensor], volume: torch.Tensor,
                            patch_size: int, cfg: EvalConfig, device: torch.device,
-                           amp: bool = True) -> torch.Tensor:
-    """Softmax probabilities ``[B,C,D,H,W]`` of ``net`` over whole volumes ``[B,Cin,D,H,W]``.
+                           amp: bool = True, softmax: bool = True) -> torch.Tensor:
+    """Softmax probabilities ``[B,C,D,H,W]`` of ``net`` over whole volumes ``[B,Cin,D,H,W]``
+    (with ``softmax=False``, the blended outputs themselves, e.g. of an image-to-image net).
 
     The B volumes share every window: they are folded into channels for MONAI's sliding
     window, so each network call holds the same window of all B volumes (reference TTA sends
@@ -269,4 +271,5 @@ def sliding_window_predict(net: Callable[[torch.Tensor], torch.Tensor], volume: 
     with autocast(device, amp):
         logits = sliding_window_inference(folded, (patch_size,) * 3, windows_per_call, all_volumes,
                                           overlap=cfg.sw_overlap, mode="gaussian")
-    return torch.softmax(logits.reshape(b, -1, *logits.shape[2:]).float(), dim=1)
+    outputs = logits.reshape(b, -1, *logits.shape[2:]).float()
+    return torch.softmax(outputs, dim=1) if softmax else outputs

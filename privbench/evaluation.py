@@ -1,7 +1,7 @@
 """Utility evaluation of a trained defense on the task's test scans.
 
 Every defense gets :func:`evaluate_default`: one request per test scan through its
-client-server protocol, Dice per class. Mixup-Privacy gets :func:`evaluate_mixup`, the paper's
+client-server protocol, Dice per class and the time of each stage. Mixup-Privacy gets :func:`evaluate_mixup`, the paper's
 Table 1 study from one server pass per scan with ``K_max`` references: the naive, naive+TTA,
 learned and learned+TTA variants, the Dice-versus-K curve, and test-retest ICC(A,1) of the Dice
 obtained with two different references.
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 PER_SCAN = "per_scan_dice.csv"
 TTA_CURVE_CSV, TTA_CURVE_PNG, EXAMPLES_PNG = "tta_curve.csv", "tta_curve.png", "mixup_examples.png"
+PROTOCOL_PNG = "proxy_examples.png"
 
 
 @dataclass
@@ -45,30 +46,33 @@ class Evaluation:
     files: dict[str, str] = field(default_factory=dict)
 
 
-def evaluate_default(defense: "Defense", task: Task, cfg: RunConfig) -> Evaluation:
-    """One request per test scan (no TTA); Dice per class and seconds per volume."""
-    per_scan = evaluate_scans(defense, task, seed=cfg.seed)
-    per_scan.insert(0, "variant", "default")
+def evaluate_default(defense: "Defense", task: Task, cfg: RunConfig, *, run_dir: Path) -> Evaluation:
+    """One request per test scan (no TTA): Dice per class, the client's and the server's time
+    per volume, and a figure of the first scan's request (``proxy_examples.png``)."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    rows, example = [], None
+    for scan in _test_scans(task):
+        image, label = task.load(scan)
+        key, clock = defense.new_key(generator), _Clock()
+        proxy = clock("encode", defense.encode, image[None], key)
+        output = clock("server", defense.server, proxy)
+        probs = clock("decode", defense.decode, output, key)
+        scores = dice(probs.argmax(1), label[None], task.num_classes)[0]
+        rows.append({"variant": "default", "subject": scan.subject, "session": scan.session,
+                     **{f"{stage}_seconds": t for stage, t in clock.seconds.items()},
+                     "seconds": sum(clock.seconds.values()), **_named(task, scores)})
+        if example is None:
+            example = (image, proxy, output, probs, label)
+    per_scan = pd.DataFrame(rows)
+    figures.save_atomic(figures.protocol_example(*example, title=defense.name), run_dir / PROTOCOL_PNG)
     return Evaluation(
         utility=[summarise(per_scan, task.class_names[1:], variant="default")],
         per_scan=per_scan,
-        timings={"infer_seconds_per_volume": float(per_scan["seconds"].mean())},
+        timings={"infer_seconds_per_volume": float(per_scan["seconds"].mean()),
+                 **{f"{stage}_ms_per_volume": 1000 * float(per_scan[f"{stage}_seconds"].mean())
+                    for stage in ("encode", "server", "decode")}},
+        files={"examples_png": PROTOCOL_PNG},
     )
-
-
-def evaluate_scans(defense: "Defense", task: Task, *, seed: int, tta: int = 1) -> pd.DataFrame:
-    """Per-test-scan Dice of ``defense.segment`` and its wall time, one row per scan."""
-    generator = torch.Generator().manual_seed(seed)
-    rows = []
-    for scan in _test_scans(task):
-        image, label = task.load(scan)
-        began = time.perf_counter()
-        probs = defense.segment(image[None], tta=tta, generator=generator)
-        seconds = time.perf_counter() - began
-        scores = dice(probs.argmax(1), label[None], task.num_classes)[0]
-        rows.append({"subject": scan.subject, "session": scan.session, "seconds": seconds,
-                     **_named(task, scores)})
-    return pd.DataFrame(rows)
 
 
 def summarise(per_scan: pd.DataFrame, classes: tuple[str, ...], variant: str) -> dict[str, Any]:

@@ -88,6 +88,26 @@ def mixup_examples(image: torch.Tensor, label: torch.Tensor, key: "MixupKey", mi
     return fig
 
 
+def protocol_example(image: torch.Tensor, proxy: torch.Tensor, output: torch.Tensor, probs: torch.Tensor,
+                     label: torch.Tensor, title: str) -> plt.Figure:
+    """One request through a defense: the scan ``[1,D,H,W]``, what the server receives
+    ``[1,1,D,H,W]``, what it returns and the client's decoded segmentation ``[1,C,D,H,W]``, and the
+    truth ``[D,H,W]`` (central axial slices)."""
+    cut = lambda t: torch.rot90(t[..., t.shape[-1] // 2], 1, dims=(-2, -1))  # noqa: E731
+    panels = [("scan", cut(image[0])), ("sent to the server", cut(proxy[0, 0]).clamp(0, 1)),
+              ("server's answer", colour(cut(output[0]))), ("client's segmentation", colour(cut(probs[0]))),
+              ("truth", colour(cut(one_hot(label[None], probs.shape[1])[0])))]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.6))
+    for ax, (name, panel) in zip(axes, panels):
+        gray = isinstance(panel, torch.Tensor)
+        ax.imshow(panel.numpy() if gray else panel, cmap="gray" if gray else None, vmin=0, vmax=1)
+        ax.set_title(name, fontsize=8)
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.suptitle(f"{title}: one request", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def _central_patch(shape: torch.Size, size: int = 64) -> tuple[slice, slice, int]:
     """A centred square window of the first two axes, and the middle index of the third."""
     d, h, w = shape[-3:]

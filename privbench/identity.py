@@ -2,7 +2,8 @@
 
 :class:`PairSampler` draws balanced batches of co-located patch pairs: positives are two
 sessions of one subject, negatives two subjects. :func:`pair_loss` and :func:`pair_accuracy`
-train and score a :class:`~privbench.nets.SiameseDiscriminator` on them.
+train and score a :class:`~privbench.nets.SiameseDiscriminator` on them (the adversarial
+defenses train it on encoded pairs).
 """
 
 from __future__ import annotations
@@ -19,21 +20,31 @@ from privbench.tasks.base import Task
 
 @dataclass
 class PairBatch:
-    """Patches ``[B,1,p,p,p]`` of both sides of B pairs, and whether each pair is one subject."""
+    """Patches ``[B,1,P,P,P]`` of both sides of B pairs, their labels ``[B,P,P,P]``, and whether
+    each pair is one subject."""
 
     first: torch.Tensor
     second: torch.Tensor
     same: torch.Tensor  # [B] float, 1 for a positive pair
+    first_label: torch.Tensor
+    second_label: torch.Tensor
 
     def to(self, device: torch.device) -> "PairBatch":
-        return PairBatch(self.first.to(device), self.second.to(device), self.same.to(device))
+        return PairBatch(*(t.to(device) for t in (self.first, self.second, self.same,
+                                                   self.first_label, self.second_label)))
 
 
 class PairSampler:
     """Balanced same-/different-subject pairs of co-located patches from one role of a task;
-    batch ``i`` depends only on the seed and ``i``."""
+    batch ``i`` depends only on the seed and ``i``.
 
-    def __init__(self, task: Task, patch_size: int, batch_size: int, seed: int, role: str = "train"):
+    The ``patch_size``-cube lies inside the volumes; ``margin`` widens every patch by that many
+    voxels on each side (P = patch_size + 2*margin, zero outside the volume), for defenses that
+    warp a patch and need what the warp pulls in from around it.
+    """
+
+    def __init__(self, task: Task, patch_size: int, batch_size: int, seed: int, role: str = "train",
+                 margin: int = 0):
         scans = task.scans(role)
         by_subject: dict[str, list[int]] = {}
         for index, scan in enumerate(scans):
@@ -43,12 +54,13 @@ class PairSampler:
             raise PrivbenchError(f"task {task.name!r} needs two or more subjects with at least two {role} "
                                  "scans each for the Siamese identity discriminator (privacy-net, deformation)")
         self.groups = list(by_subject.values())
-        self.volumes = [task.arrays(scan)[0] for scan in scans]  # memory-mapped images
-        self.patch_size, self.batch_size, self.seed = patch_size, batch_size, seed
+        self.volumes = [task.arrays(scan) for scan in scans]  # memory-mapped images and labels
+        self.patch_size, self.batch_size, self.seed, self.margin = patch_size, batch_size, seed, margin
 
     def batch(self, iteration: int) -> PairBatch:
         rng = np.random.default_rng([self.seed, iteration])
-        firsts, seconds, same = [], [], []
+        sides: tuple[list[torch.Tensor], ...] = ([], [], [], [])  # first, second, their labels
+        same = []
         for k in range(self.batch_size):
             positive = k % 2 == 0
             if positive:
@@ -57,17 +69,23 @@ class PairSampler:
             else:
                 g1, g2 = rng.choice(len(self.groups), size=2, replace=False)
                 i, j = rng.choice(self.groups[g1]), rng.choice(self.groups[g2])
-            start = random_start(rng, self.volumes[i].shape, self.patch_size)
-            firsts.append(crop_patch(self.volumes[i], start, self.patch_size)[None])
-            seconds.append(crop_patch(self.volumes[j], start, self.patch_size)[None])
+            start = random_start(rng, self.volumes[i][1].shape, self.patch_size)
+            start, size = [s - self.margin for s in start], self.patch_size + 2 * self.margin
+            for side, index in enumerate((i, j)):
+                image, label = self.volumes[index]
+                sides[side].append(crop_patch(image, start, size)[None])
+                sides[side + 2].append(crop_patch(label, start, size, torch.int64))
             same.append(float(positive))
-        return PairBatch(torch.stack(firsts), torch.stack(seconds), torch.tensor(same))
+        first, second, first_label, second_label = map(torch.stack, sides)
+        return PairBatch(first, second, torch.tensor(same), first_label, second_label)
 
 
-def pair_loss(discriminator: torch.nn.Module, batch: PairBatch) -> torch.Tensor:
-    """Binary cross-entropy of the discriminator's same-subject logits."""
-    logits = discriminator(batch.first, batch.second)
-    return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), batch.same)
+def pair_loss(discriminator: torch.nn.Module, first: torch.Tensor, second: torch.Tensor,
+              same: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Binary cross-entropy of the discriminator's same-subject logits for the pairs
+    ``(first[i], second[i])`` (raw or encoded patches); ``reduction="none"`` gives one per pair."""
+    logits = discriminator(first, second)
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), same, reduction=reduction)
 
 
 @torch.no_grad()

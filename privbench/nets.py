@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
+import warnings
 
 import torch
-from monai.networks.nets import BasicUNetPlusPlus
+from monai.networks.blocks import DVF2DDF, Warp
+from monai.networks.nets import BasicUNet, BasicUNetPlusPlus
 from torch import nn
 
 
@@ -27,6 +30,20 @@ class SegmentationNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)[0]
+
+
+class EncoderNet(nn.Module):
+    """Privacy-Net's encoder: MONAI's 3D U-Net (``BasicUNet``) from an image ``[B,1,D,H,W]`` to
+    a one-channel image of the same size in [0, 1] (sigmoid), the proxy the server receives.
+    Spatial sizes must be divisible by 16."""
+
+    def __init__(self, features: tuple[int, ...] = (8, 8, 16, 32, 64, 8)):
+        super().__init__()
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.net = BasicUNet(spatial_dims=3, in_channels=1, out_channels=1, features=tuple(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(x))
 
 
 class AdaIN3d(nn.Module):
@@ -101,28 +118,91 @@ class ScoreNet(nn.Module):
 
 
 class SiameseDiscriminator(nn.Module):
-    """Is a pair of co-located patches from one subject? A 3D CNN embeds each patch
-    (L2-normalised); the pair's logit is a learned affine function of their cosine similarity.
+    """Is a pair of co-located patches from one subject? A 3D CNN embeds each patch; the pair's
+    logit is a learned affine function of their embeddings' cosine similarity.
 
-    Shared by Privacy-Net and Deformation-Proxy, whose encoders are trained to fool it.
+    The embedding is the last feature map itself (no global pooling), each channel centred over
+    space, flattened and L2-normalised: the cosine then compares where the anatomy is, which is
+    what tells two subjects apart and carries over to subjects never seen in training. Adam moves
+    each parameter by about the learning rate per step, whatever its size; the logit's scale and
+    bias are stored divided by ``CALIBRATION_GAIN`` so that they keep up with the embedding
+    (otherwise the bias alone takes hundreds of steps to reach the cosines' threshold).
+
+    Shared by Privacy-Net and Deformation-Proxy, whose encoders are trained to fool it. Patches
+    must be divisible by ``2 ** len(features)``.
     """
 
-    def __init__(self, features: tuple[int, ...] = (8, 16, 32, 64), embedding: int = 64):
+    CALIBRATION_GAIN = 30.0
+
+    def __init__(self, features: tuple[int, ...] = (8, 16, 32, 64)):
         super().__init__()
         layers: list[nn.Module] = []
         for cin, cout in zip((1, *features[:-1]), features):
             layers += [nn.Conv3d(cin, cout, 3, padding=1), nn.InstanceNorm3d(cout, affine=True),
                        nn.LeakyReLU(0.1), nn.MaxPool3d(2)]
-        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool3d(1), nn.Flatten(),
-                                  nn.Linear(features[-1], embedding))
-        self.scale = nn.Parameter(torch.tensor(5.0))
-        self.bias = nn.Parameter(torch.tensor(0.0))
+        self.body = nn.Sequential(*layers)
+        self.calibration = nn.Parameter(torch.tensor([5.0, 0.0]) / self.CALIBRATION_GAIN)  # scale, bias
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Unit-length identity embeddings ``[B,E]`` of patches ``[B,1,p,p,p]``."""
-        return nn.functional.normalize(self.body(x), dim=1)
+        maps = self.body(x)
+        maps = maps - maps.mean(dim=(2, 3, 4), keepdim=True)
+        return nn.functional.normalize(maps.flatten(1), dim=1)
 
     def forward(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         """Logits ``[B]`` of "same subject" for the pairs (first[i], second[i])."""
+        scale, bias = self.CALIBRATION_GAIN * self.calibration
         cosine = (self.embed(first) * self.embed(second)).sum(1)
-        return self.scale * cosine + self.bias
+        return scale * cosine + bias
+
+
+class FlowGenerator(nn.Module):
+    """Deformation-Proxy's flow-field generator: Gaussian noise on a coarse control grid ->
+    a bounded stationary velocity field -> a diffeomorphic displacement field.
+
+    A small convolutional network over the control grid (1, 3 and 1 voxels wide) maps the noise
+    ``[B,c,n1,n2,n3]`` to a velocity of at most ``max_velocity`` voxels per axis (tanh) at each
+    control point; trilinear interpolation spreads it over the voxels between control points
+    ``spacing`` voxels apart (a smooth field); scaling and squaring
+    (MONAI's ``DVF2DDF``) integrates it into a displacement. The velocity's negation integrates
+    into the inverse deformation. Displacements are in voxels, ``[B,3,D,H,W]``, as MONAI's
+    ``Warp`` takes them; :meth:`warp` applies one to volumes.
+    """
+
+    def __init__(self, noise_channels: int = 8, features: int = 32, max_velocity: float = 4.0,
+                 spacing: int = 8, steps: int = 7):
+        super().__init__()
+        self.noise_channels, self.max_velocity, self.spacing = noise_channels, max_velocity, spacing
+        self.body = nn.Sequential(nn.Conv3d(noise_channels, features, 1), nn.LeakyReLU(0.1),
+                                  nn.Conv3d(features, features, 3, padding=1, padding_mode="replicate"),
+                                  nn.LeakyReLU(0.1),
+                                  nn.Conv3d(features, 3, 1))
+        with warnings.catch_warnings():  # MONAI warns that it uses torch's grid_sample
+            warnings.simplefilter("ignore")
+            self.integrate = DVF2DDF(num_steps=steps, mode="bilinear", padding_mode="border")
+            self.resample = Warp(mode="bilinear", padding_mode="border")
+            self.resample_nearest = Warp(mode="nearest", padding_mode="border")
+
+    def grid_shape(self, size: tuple[int, ...]) -> tuple[int, ...]:
+        """Control points covering a volume of ``size`` voxels."""
+        return tuple(math.ceil((n - 1) / self.spacing) + 1 for n in size)
+
+    def velocity(self, noise: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+        """The velocity field ``[B,3,*size]`` (voxels) of control-point noise."""
+        control = self.max_velocity * torch.tanh(self.body(noise))
+        dense = nn.functional.interpolate(control, size=[(n - 1) * self.spacing + 1 for n in control.shape[2:]],
+                                          mode="trilinear", align_corners=True)
+        return dense[(..., *(slice(0, n) for n in size))]
+
+    def forward(self, noise: torch.Tensor, size: tuple[int, ...], inverse: bool = False) -> torch.Tensor:
+        """Displacement ``[B,3,*size]`` of the deformation (or of its inverse), in float32 even
+        under autocast: the inverse is only as exact as the fields."""
+        with torch.autocast(noise.device.type, enabled=False):
+            velocity = self.velocity(noise.float(), size)
+            return self.integrate(-velocity if inverse else velocity)
+
+    def warp(self, volume: torch.Tensor, displacement: torch.Tensor, nearest: bool = False) -> torch.Tensor:
+        """``volume`` ``[B,C,*size]`` resampled at ``x + displacement(x)`` (trilinear, or nearest
+        for label maps), the border value outside; float32 even under autocast."""
+        with torch.autocast(volume.device.type, enabled=False):
+            return (self.resample_nearest if nearest else self.resample)(volume.float(), displacement.float())

@@ -60,4 +60,4 @@ class Defense(abc.ABC):
     def evaluate(self, task: Task, cfg: RunConfig, *, run_dir: Path) -> Evaluation:
         """Utility on the test scans for the card (one request per scan; defenses with
         several variants, like mixup, override this)."""
-        return evaluate_default(self, task, cfg)
+        return evaluate_default(self, task, cfg, run_dir=run_dir)

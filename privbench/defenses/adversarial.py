@@ -1,0 +1,111 @@
+"""What Privacy-Net and Deformation-Proxy share: a client-side encoder trained against a Siamese
+identity discriminator, and a server that segments what the encoder produces.
+
+Each training iteration draws balanced pairs of co-located patches (two sessions of one
+subject, or two subjects; :class:`~privbench.identity.PairSampler`), encodes every patch as the
+client would (:meth:`AdversarialDefense.encode_patches`), and makes two updates in turn:
+
+1. the encoder and the server's U-Net++ on ``segmentation - lambda * discrimination``: Dice + CE
+   of the server's segmentation of the first patch of each pair, minus ``adversary.weight`` times
+   the discriminator's binary cross-entropy on the encoded pairs, so that they learn to segment
+   while making encoded pairs of one subject unrecognisable. Each pair's cross-entropy counts up
+   to chance level (log 2) only: an encoder rewarded for making the discriminator confidently
+   wrong learns to invert it, and an inverted discriminator still tells subjects apart;
+2. the discriminator on the same encoded pairs, detached, learning to recognise them again.
+
+Both defenses need subjects with two or more scans; a task without them fails before training.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from pathlib import Path
+
+import torch
+from monai.losses import DiceCELoss
+
+from privbench import engine
+from privbench.config import RunConfig
+from privbench.defenses.base import Defense
+from privbench.identity import PairBatch, PairSampler, pair_loss
+from privbench.nets import SegmentationNet, SiameseDiscriminator
+from privbench.tasks.base import Task
+
+CHANCE = math.log(2)  # cross-entropy of a discriminator that cannot tell
+
+
+class AdversarialDefense(Defense):
+    """An encoder (``self.encoder``) and a server U-Net++ (``self.net``) trained end to end
+    against a :class:`~privbench.nets.SiameseDiscriminator` (``self.discriminator``)."""
+
+    def fit(self, task: Task, cfg: RunConfig, *, device: torch.device, progress: bool = True,
+            workdir: Path | None = None) -> engine.TrainReport:
+        step = self.build(task.num_classes, task.spacing, cfg, device)
+        sampler = PairSampler(task, cfg.train.patch_size, cfg.train.batch_size, cfg.seed,
+                              margin=self.margin())  # a task without repeated scans fails here
+        return engine.train(step, sampler, cfg.train, state=self.state, device=device,
+                            workdir=workdir, progress=progress, name=self.name)
+
+    @abc.abstractmethod
+    def build_encoder(self, cfg: RunConfig, spacing: float) -> torch.nn.Module:
+        """The client's trainable encoder."""
+
+    def margin(self) -> int:
+        """Voxels the training patches reach beyond the patch on each side (for encoders that
+        pull in content from around it)."""
+        return 0
+
+    @abc.abstractmethod
+    def encode_patches(self, images: torch.Tensor, labels: torch.Tensor,
+                       iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training-time client: proxies ``[N,1,p,p,p]`` of patches ``[N,1,P,P,P]`` (P = p plus
+        twice the margin), and the labels ``[N,p,p,p]`` in the proxies' space."""
+
+    def build(self, num_classes: int, spacing: float, cfg: RunConfig, device: torch.device) -> engine.Step:
+        """Create the encoder, server, discriminator and their optimisers; return one training
+        step (the benchmarks time it)."""
+        self.device, self.patch_size, self.num_classes = device, cfg.train.patch_size, num_classes
+        self.eval_cfg, self.amp, self.seed = cfg.eval, cfg.train.amp, cfg.seed
+        self.encoder = self.build_encoder(cfg, spacing).to(device)
+        self.net = SegmentationNet(1, num_classes, cfg.train.features).to(device)
+        self.discriminator = SiameseDiscriminator(cfg.adversary.features).to(device)
+        optimizer = torch.optim.Adam([*self.encoder.parameters(), *self.net.parameters()], lr=cfg.train.lr)
+        disc_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.train.lr)
+        self.state = {"encoder": self.encoder, "net": self.net, "discriminator": self.discriminator,
+                      "optimizer": optimizer, "disc_optimizer": disc_optimizer}
+        seg_loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+        weight = cfg.adversary.weight
+
+        def step(batch: PairBatch, iteration: int) -> dict[str, float]:
+            for module in (self.encoder, self.net, self.discriminator):
+                module.train()
+            for opt in (optimizer, disc_optimizer):
+                engine.set_learning_rate(opt, engine.learning_rate(cfg.train, iteration))
+            n = len(batch.same)
+            with engine.autocast(device, self.amp):
+                proxies, labels = self.encode_patches(torch.cat([batch.first, batch.second]),
+                                                      torch.cat([batch.first_label, batch.second_label]),
+                                                      iteration)
+                logits = self.net(proxies[:n])
+                per_pair = pair_loss(self.discriminator, proxies[:n], proxies[n:], batch.same, "none")
+            seg = seg_loss(logits.float(), labels[:n, None])
+            loss = seg - weight * per_pair.clamp(max=CHANCE).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            codes = proxies.detach()
+            with engine.autocast(device, self.amp):
+                disc = pair_loss(self.discriminator, codes[:n], codes[n:], batch.same)
+            disc_optimizer.zero_grad(set_to_none=True)
+            disc.backward()
+            disc_optimizer.step()
+            return {"loss": loss.item(), "seg": seg.item(), "disc": disc.item()}
+
+        return step
+
+    def server(self, proxy: torch.Tensor) -> torch.Tensor:
+        """The U-Net++'s class probabilities for the proxy, window by window."""
+        self.net.eval()
+        return engine.sliding_window_predict(self.net, proxy, self.patch_size, self.eval_cfg,
+                                             self.device, self.amp).cpu()

@@ -1,0 +1,86 @@
+"""``deformation``: Deformation-Proxy (Kim, Dolz, Desrosiers, Jodoin; BMVC 2021).
+
+The client's key is a seed. From it, a learned flow-field generator makes a pseudo-random,
+smooth, invertible non-linear deformation (a stationary velocity field on a coarse control grid,
+integrated by scaling and squaring; :class:`~privbench.nets.FlowGenerator`). The client sends
+the deformed scan; the server's U-Net++ segments it; the client warps the returned probabilities
+back with the inverse deformation (the negated velocity field). The generator and the server are
+trained together to segment deformed scans while fooling a Siamese discriminator that tries to
+tell whether two deformed scans are of one subject (:mod:`privbench.defenses.adversarial`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from privbench.config import RunConfig
+from privbench.defenses.adversarial import AdversarialDefense
+from privbench.nets import FlowGenerator
+from privbench.registry import register_defense
+
+
+@dataclass(frozen=True)
+class DeformationKey:
+    """The client's secret for one request: the seed of the generator's noise."""
+
+    seed: int
+
+
+@register_defense("deformation", description="Deformation-Proxy: a pseudo-random invertible "
+                  "deformation from a secret seed, learned adversarially; warped back on the client",
+                  paper="Kim, Dolz, Desrosiers, Jodoin, BMVC 2021",
+                  requires=("two or more scans per subject",))
+class DeformationProxy(AdversarialDefense):
+    """Flow-field generator on the client, U-Net++ on the server, Siamese discriminator in training."""
+
+    name = "deformation"
+    encoder: FlowGenerator
+
+    def build_encoder(self, cfg: RunConfig, spacing: float) -> FlowGenerator:
+        d = cfg.deformation
+        return FlowGenerator(d.noise_channels, d.generator_features, max_velocity=d.max_velocity_mm / spacing,
+                             spacing=max(1, round(d.control_spacing_mm / spacing)), steps=d.integration_steps)
+
+    def margin(self) -> int:
+        """No displacement is longer than the velocity bound, so a patch pulls in at most that."""
+        return math.ceil(self.encoder.max_velocity) + 1
+
+    def encode_patches(self, images: torch.Tensor, labels: torch.Tensor,
+                       iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each patch deformed by a fresh field over the patch and its margin, then cropped."""
+        size = tuple(images.shape[2:])
+        draw = np.random.default_rng([self.seed, iteration, 2]).standard_normal(
+            (len(images), self.encoder.noise_channels, *self.encoder.grid_shape(size)))
+        displacement = self.encoder(torch.as_tensor(draw, dtype=torch.float32, device=images.device), size)
+        inner = (..., *(slice(self.margin(), n - self.margin()) for n in size))
+        proxies = self.encoder.warp(images, displacement)[inner]
+        warped = self.encoder.warp(labels[:, None].float(), displacement, nearest=True)[inner]
+        return proxies, warped[:, 0].round().long()
+
+    def new_key(self, generator: torch.Generator | None = None) -> DeformationKey:
+        return DeformationKey(int(torch.randint(0, 2**62, (), generator=generator)))
+
+    @torch.no_grad()
+    def displacement(self, key: DeformationKey, size: tuple[int, ...], inverse: bool = False) -> torch.Tensor:
+        """The key's deformation (or its inverse) over a volume of ``size`` voxels, ``[1,3,*size]``."""
+        self.encoder.eval()
+        noise = torch.randn(1, self.encoder.noise_channels, *self.encoder.grid_shape(size),
+                            generator=torch.Generator().manual_seed(key.seed))
+        return self.encoder(noise.to(self.device), size, inverse)
+
+    def encode(self, image: torch.Tensor, key: DeformationKey) -> torch.Tensor:
+        """The deformed scan ``[B,1,D,H,W]``."""
+        return self._warp(image, key, inverse=False).clamp(0, 1)
+
+    def decode(self, server_output: torch.Tensor, key: DeformationKey) -> torch.Tensor:
+        """The server's probabilities warped back with the inverse deformation."""
+        return self._warp(server_output, key, inverse=True)
+
+    @torch.no_grad()
+    def _warp(self, volume: torch.Tensor, key: DeformationKey, inverse: bool) -> torch.Tensor:
+        field = self.displacement(key, tuple(volume.shape[2:]), inverse)
+        return self.encoder.warp(volume.to(self.device), field.expand(len(volume), *field.shape[1:])).cpu()

@@ -1,0 +1,45 @@
+"""``privacy-net``: Privacy-Net (Kim, Dolz, Jodoin, Desrosiers; IEEE TMI 2021).
+
+The client runs an encoder ``E`` (a 3D U-Net with a one-channel sigmoid output of the input's
+size) and sends ``E(x)``; the server's U-Net++ ``S`` returns the segmentation of ``E(x)``, which
+is not encoded, so the client uses it as it is. ``E`` and ``S`` are trained together to segment
+while fooling a Siamese discriminator that tries to tell whether two encoded scans are of one
+subject (:mod:`privbench.defenses.adversarial`). There is no key.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from privbench import engine
+from privbench.config import RunConfig
+from privbench.defenses.adversarial import AdversarialDefense
+from privbench.defenses.base import Key
+from privbench.nets import EncoderNet
+from privbench.registry import register_defense
+
+
+@register_defense("privacy-net", description="Privacy-Net: an adversarially trained encoder hides "
+                  "identity; the server segments the encoded scan",
+                  paper="Kim, Dolz, Jodoin, Desrosiers, IEEE TMI 2021",
+                  requires=("two or more scans per subject",))
+class PrivacyNet(AdversarialDefense):
+    """Encoder U-Net on the client, U-Net++ on the server, Siamese discriminator in training."""
+
+    name = "privacy-net"
+
+    def build_encoder(self, cfg: RunConfig, spacing: float) -> torch.nn.Module:
+        return EncoderNet(cfg.privacy_net.encoder_features)
+
+    def encode_patches(self, images: torch.Tensor, labels: torch.Tensor,
+                       iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder(images), labels
+
+    def encode(self, image: torch.Tensor, key: Key) -> torch.Tensor:
+        """``E(x)`` over the whole volume, window by window like training."""
+        self.encoder.eval()
+        return engine.sliding_window_predict(self.encoder, image, self.patch_size, self.eval_cfg,
+                                             self.device, self.amp, softmax=False).clamp(0, 1).cpu()
+
+    def decode(self, server_output: torch.Tensor, key: Key) -> torch.Tensor:
+        return server_output
