@@ -79,7 +79,7 @@ class MixupConfig:
 class AdversaryConfig:
     """The Siamese identity discriminator that privacy-net and deformation are trained to fool."""
 
-    weight: float = 0.1  # lambda: encoder and segmenter minimise segmentation - lambda * discriminator BCE
+    weight: float = 1.0  # lambda: encoder and segmenter minimise segmentation - lambda * discriminator BCE
     features: tuple[int, ...] = (8, 16, 32, 64)  # widths of its conv blocks (each halves the patch)
 
 

@@ -161,8 +161,8 @@ class FlowGenerator(nn.Module):
     a bounded stationary velocity field -> a diffeomorphic displacement field.
 
     A small convolutional network over the control grid (1, 3 and 1 voxels wide) maps the noise
-    ``[B,c,n1,n2,n3]`` to a velocity of at most ``max_velocity`` voxels per axis (tanh) at each
-    control point; trilinear interpolation spreads it over the voxels between control points
+    ``[B,c,n1,n2,n3]`` to a velocity of at most ``max_velocity`` voxels per axis (tanh of its
+    centred output) at each control point; trilinear interpolation spreads it over the voxels between control points
     ``spacing`` voxels apart (a smooth field); scaling and squaring
     (MONAI's ``DVF2DDF``) integrates it into a displacement. The velocity's negation integrates
     into the inverse deformation. Displacements are in voxels, ``[B,3,D,H,W]``, as MONAI's
@@ -188,8 +188,12 @@ class FlowGenerator(nn.Module):
         return tuple(math.ceil((n - 1) / self.spacing) + 1 for n in size)
 
     def velocity(self, noise: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-        """The velocity field ``[B,3,*size]`` (voxels) of control-point noise."""
-        control = self.max_velocity * torch.tanh(self.body(noise))
+        """The velocity field ``[B,3,*size]`` (voxels) of control-point noise. The network's output
+        is centred over the control grid before the tanh: a field that does not follow the noise
+        would be the same for every key, and a uniform one is a translation, which an attacker
+        undoes by aligning the scans."""
+        raw = self.body(noise)
+        control = self.max_velocity * torch.tanh(raw - raw.mean(dim=(2, 3, 4), keepdim=True))
         dense = nn.functional.interpolate(control, size=[(n - 1) * self.spacing + 1 for n in control.shape[2:]],
                                           mode="trilinear", align_corners=True)
         return dense[(..., *(slice(0, n) for n in size))]

@@ -39,11 +39,11 @@ def cohort(cache_dir):
 @pytest.fixture(scope="module")
 def deformation(cohort):
     """A deformation client whose generator makes fields of a realistic size (trained ones grow
-    towards the bound): up to about 2 voxels at 4 mm, most of the 8 mm bound."""
+    towards the bound): about 1 voxel on average at 4 mm, up to the 8 mm (2 voxel) bound."""
     cfg, task, _, _ = cohort
     defense = built("deformation", cfg, task)
     with torch.no_grad():
-        torch.nn.init.normal_(defense.encoder.body[-1].weight, std=1.0, generator=torch.Generator().manual_seed(0))
+        torch.nn.init.normal_(defense.encoder.body[-1].weight, std=2.0, generator=torch.Generator().manual_seed(0))
     return defense
 
 
@@ -52,28 +52,38 @@ def test_deformation_is_smooth_invertible_and_keyed(cohort, deformation):
     size = tuple(image.shape[2:])
     key = deformation.new_key(torch.Generator().manual_seed(0))
     forward, inverse = deformation.displacement(key, size), deformation.displacement(key, size, inverse=True)
-    assert 1.0 < float(forward.abs().max()) <= deformation.encoder.max_velocity == 2.0  # voxels
+    assert 1.5 < float(forward.abs().max()) <= deformation.encoder.max_velocity == 2.0  # voxels
+    assert float(forward.norm(dim=1).mean()) > 0.8
     # the inverse undoes the deformation: x -> x + inverse(x) -> + forward(there) is ~ x
-    composed = inverse + deformation.encoder.warp(forward, inverse)
-    assert float(composed.norm(dim=1).mean()) < 0.05 and float(composed.norm(dim=1).max()) < 0.6
-    # a smooth scan comes back within a fraction of the scans' noise (std 0.01-0.03)
-    smooth = torch.from_numpy(ndimage.gaussian_filter(image[0, 0].numpy(), 1.0))[None, None]
+    # (measured: 0.07 voxels on average, 0.32 at the 99th percentile)
+    error = (inverse + deformation.encoder.warp(forward, inverse)).norm(dim=1)
+    assert float(error.mean()) < 0.1 and float(error.quantile(0.99)) < 0.4
+    # a smooth scan comes back within a fraction of the scans' noise (std 0.01-0.03; measured
+    # 0.0065, the deformed scan being 0.03 away from it)
+    smooth = torch.from_numpy(ndimage.gaussian_filter(image[0, 0].numpy(), 1.5))[None, None]
     brain = label[None, None] > 0
     proxy = deformation.encode(smooth, key)
-    assert float((proxy - smooth)[brain].abs().mean()) > 0.03  # the proxy is really deformed
-    assert float((deformation.decode(proxy, key) - smooth)[brain].abs().mean()) < 0.01
+    assert float((proxy - smooth)[brain].abs().mean()) > 0.02
+    assert float((deformation.decode(proxy, key) - smooth)[brain].abs().mean()) < 0.008
     # the key alone fixes the deformation; another key gives another one
     assert torch.equal(deformation.encode(image, key), deformation.encode(image, DeformationKey(key.seed)))
     other = deformation.encode(image, deformation.new_key(torch.Generator().manual_seed(1)))
     assert float((other - deformation.encode(image, key)).abs().mean()) > 0.01
 
 
-def test_zero_field_is_exactly_inverted(cohort):
+@pytest.mark.parametrize("silenced", ["output", "noise"])
+def test_zero_field_is_exactly_inverted(cohort, silenced):
+    """A generator whose output is zero, or one that ignores the noise (so the same field for
+    every key: a uniform one, a mere translation, which the generator's centring removes),
+    leaves the scan as it is, exactly."""
     cfg, task, image, _ = cohort
     defense = built("deformation", cfg, task)
     with torch.no_grad():
-        defense.encoder.body[-1].weight.zero_()
-        defense.encoder.body[-1].bias.zero_()
+        if silenced == "output":
+            defense.encoder.body[-1].weight.zero_()
+            defense.encoder.body[-1].bias.zero_()
+        else:
+            defense.encoder.body[0].weight.zero_()
     key = defense.new_key(torch.Generator().manual_seed(3))
     proxy = defense.encode(image, key)
     assert torch.allclose(proxy, image, atol=1e-6)
@@ -152,9 +162,9 @@ def test_training_patches_are_deformed_with_their_labels(cohort, deformation):
         return float((volume - means[tissue]).abs().mean())
 
     # the warped labels explain the deformed image about as well as the labels the scan (measured
-    # 0.071 against 0.065), and far better than the labels left in place (0.098)
-    assert unexplained(proxies[:, 0], warped) < 1.2 * unexplained(image, label)
-    assert unexplained(proxies[:, 0], label) > 1.25 * unexplained(proxies[:, 0], warped)
+    # 0.071 against 0.065), and better than the labels left in place (0.084)
+    assert unexplained(proxies[:, 0], warped) < 1.15 * unexplained(image, label)
+    assert unexplained(proxies[:, 0], label) > 1.1 * unexplained(proxies[:, 0], warped)
 
 
 runner = CliRunner()
