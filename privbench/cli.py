@@ -134,11 +134,15 @@ def leaderboard(
     root: Path = typer.Argument(..., help="Folder searched for card.json files."),
     output: Path = typer.Option(Path("leaderboard.csv"), "--output", "-o", help="CSV to write."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Markdown table (default: beside the CSV)."),
+    columns: Optional[str] = typer.Option(None, "--columns", "-c",
+                                          help="Keep only these metric columns, e.g. dice_mean,reid_f1,reid_map."),
 ) -> None:
     """Collect every result card under ROOT into a CSV and a Markdown table."""
     board = boards.collect(root)
     for path, reason in board.unreadable:
         errors.print(f"[yellow]warning:[/] skipped {path}: {reason}", highlight=False, soft_wrap=True)
+    if columns and not board.table.empty:
+        board.table = boards.select(board.table, [c.strip() for c in columns.split(",") if c.strip()])
     boards.write(board, output, markdown)
     console.print(f"{len(board.table)} rows from {root} -> {output}")
 

@@ -1,10 +1,10 @@
 """Utility evaluation of a trained defense on the task's test scans.
 
 Every defense gets :func:`evaluate_default`: one request per test scan through its
-client-server protocol, Dice per class and the time of each stage. Mixup-Privacy gets :func:`evaluate_mixup`, the paper's
-Table 1 study from one server pass per scan with ``K_max`` references: the naive, naive+TTA,
-learned and learned+TTA variants, the Dice-versus-K curve, and test-retest ICC(A,1) of the Dice
-obtained with two different references.
+client-server protocol, Dice per class and the time of each stage. Mixup-Privacy gets
+:func:`evaluate_mixup`, the paper's Table 1 study from one server pass per scan with ``K_max``
+references: the naive, naive+TTA, learned and learned+TTA variants, the Dice-versus-K curve, and
+test-retest ICC(A,1) of the Dice obtained with two different references.
 """
 
 from __future__ import annotations

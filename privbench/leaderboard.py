@@ -64,6 +64,17 @@ def collect(root: str | Path) -> Leaderboard:
     return Leaderboard(table.reset_index(drop=True), unreadable)
 
 
+def select(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """The identifying columns and ``columns`` only, e.g. ``dice_mean``, ``reid_f1`` and
+    ``reid_map`` for the shape of the paper's Table 2; an unknown column is an error that names
+    the known ones."""
+    unknown = [c for c in columns if c not in table.columns]
+    if unknown:
+        known = ", ".join(c for c in table.columns if c not in ID_COLUMNS)
+        raise PrivbenchError(f"no column {', '.join(map(repr, unknown))} in the leaderboard (known: {known})")
+    return table[ID_COLUMNS + [c for c in columns if c not in ID_COLUMNS]]
+
+
 def to_markdown(table: pd.DataFrame, digits: int = 3) -> str:
     """A GitHub-flavoured Markdown table (floats rounded to ``digits``)."""
     def cell(value: Any) -> str:

@@ -66,6 +66,12 @@ def test_leaderboard_collects_cards_and_warns_on_broken_ones(finished_run, tmp_p
     assert row["dice_mean"] == pytest.approx(card["utility"][0]["dice"]["mean"])
     assert row["train_it_per_s"] == pytest.approx(card["timings"]["train_it_per_s"])
     assert "| mni-tissue | none | default |" in csv.with_suffix(".md").read_text()
+    compact = tmp_path / "compact.csv"
+    assert invoke("leaderboard", out, "-o", compact, "--columns", "dice_mean, dice_GM").exit_code == 0
+    assert list(pd.read_csv(compact).columns) == ["task", "defense", "variant", "attack", "seed", "preset",
+                                                  "dice_mean", "dice_GM"]
+    result = invoke("leaderboard", out, "-o", compact, "--columns", "dice_mean,reid_f2")
+    assert result.exit_code == 2 and "no column 'reid_f2'" in result.stderr and "dice_GM" in result.stderr
 
 
 def test_resume_continues_an_unfinished_run(finished_run, cache_dir):
