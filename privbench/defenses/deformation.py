@@ -52,11 +52,11 @@ class DeformationProxy(AdversarialDefense):
     def encode_patches(self, images: torch.Tensor, labels: torch.Tensor,
                        iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each patch deformed by a fresh field over the patch and its margin, then cropped."""
-        size = tuple(images.shape[2:])
+        size, margin = tuple(images.shape[2:]), self.margin()
         draw = np.random.default_rng([self.seed, iteration, 2]).standard_normal(
             (len(images), self.encoder.noise_channels, *self.encoder.grid_shape(size)))
         displacement = self.encoder(torch.as_tensor(draw, dtype=torch.float32, device=images.device), size)
-        inner = (..., *(slice(self.margin(), n - self.margin()) for n in size))
+        inner = (..., *(slice(margin, n - margin) for n in size))
         proxies = self.encoder.warp(images, displacement)[inner]
         warped = self.encoder.warp(labels[:, None].float(), displacement, nearest=True)[inner]
         return proxies, warped[:, 0].round().long()
