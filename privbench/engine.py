@@ -20,7 +20,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -183,10 +183,17 @@ class TrainReport:
         return done / self.seconds if self.seconds > 0 else 0.0
 
 
-Step = Callable[[Batch, int], dict[str, float]]
+Step = Callable[[Any, int], dict[str, float]]  # (a sampler's batch, iteration) -> losses
 
 
-def train(step: Step, sampler: PatchSampler, cfg: TrainConfig, *, state: dict[str, Any],
+class Sampler(Protocol):
+    """What :func:`train` draws from: batch ``i`` (with ``.to(device)``) as a pure function of
+    ``i``, e.g. :class:`PatchSampler` or :class:`privbench.identity.PairSampler`."""
+
+    def batch(self, iteration: int) -> Any: ...
+
+
+def train(step: Step, sampler: Sampler, cfg: TrainConfig, *, state: dict[str, Any],
           device: torch.device, workdir: Path | None = None, progress: bool = True,
           name: str = "train", checkpoint: str = CHECKPOINT) -> TrainReport:
     """Call ``step(batch, iteration)`` for iterations ``[start, cfg.iterations)``.

@@ -162,8 +162,8 @@ class FlowGenerator(nn.Module):
 
     A small convolutional network over the control grid (1, 3 and 1 voxels wide) maps the noise
     ``[B,c,n1,n2,n3]`` to a velocity of at most ``max_velocity`` voxels per axis (tanh of its
-    centred output) at each control point; trilinear interpolation spreads it over the voxels between control points
-    ``spacing`` voxels apart (a smooth field); scaling and squaring
+    centred output) at each control point; trilinear interpolation spreads it over the voxels
+    between control points ``spacing`` voxels apart (a smooth field); scaling and squaring
     (MONAI's ``DVF2DDF``) integrates it into a displacement. The velocity's negation integrates
     into the inverse deformation. Displacements are in voxels, ``[B,3,D,H,W]``, as MONAI's
     ``Warp`` takes them; :meth:`warp` applies one to volumes.
