@@ -27,6 +27,10 @@ class TaskConfig:
 
     name: str = "mni-tissue"
     spacing: float = 2.0  # mm; 1.0 gives 144x192x160 volumes, 2.0 gives 72x96x80
+    root: str = ""  # ppmi, brats2021: the folder holding the user's local copy
+    split_file: str = ""  # ppmi, brats2021: a CSV "subject,role" (train | test | public) instead of a seeded split
+    modality: str = "t1ce"  # brats2021: which scan is the input (t1, t1ce, t2, flair)
+    on_bad_scan: str = "error"  # ppmi, brats2021: error (stop, naming the file) | skip (list it in the card)
     n_subjects: int = 32
     min_scans: int = 2  # scans per subject, drawn uniformly from [min_scans, max_scans]
     max_scans: int = 4
@@ -34,7 +38,7 @@ class TaskConfig:
     public_fraction: float = 0.2  # of subjects: the attacker's public pool
     reference_subjects: int = 6  # training subjects whose labelled scans form the client's reference pool
     max_test_scans: int = 0  # evaluate on at most this many test scans (0: all)
-    cohort_seed: int = 0  # seed of the synthetic cohort, independent of the run's seed
+    cohort_seed: int = 0  # seed of the synthetic cohort and of the subject split, independent of the run's seed
     cache_dir: str = ""  # "" -> $PRIVBENCH_CACHE or ~/.cache/privbench
 
 
@@ -47,6 +51,7 @@ class TrainConfig:
     patch_size: int = 32  # cubic patches; U-Net++ needs a multiple of 16, instance norm >= 32
     lr: float = 1e-3
     lr_schedule: str = "poly"  # constant | poly: lr * (1 - iteration / iterations) ** 0.9 (nnU-Net)
+    foreground_fraction: float = 0.0  # share of patches centred on a foreground voxel (nnU-Net: 0.33)
     features: tuple[int, ...] = (16, 16, 32, 64, 128, 16)  # MONAI BasicUNetPlusPlus widths
     checkpoint_every: int = 100
     amp: bool = True  # bfloat16 autocast on CUDA, and on CPUs with native bfloat16 (AMX/AVX512-BF16)
@@ -187,6 +192,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
+BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
+
+# a task's own defaults, applied over the preset ("*": every preset) and under --set overrides
+TASK_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "mni-tumor": {"*": {"train.foreground_fraction": 0.33}},
+    "brats2021": {"*": {"train.foreground_fraction": 0.33, "task.test_fraction": 0.2},
+                  "paper": {"train.patch_size": 64}},  # the paper's BraTS patches
+}
+
 # fields that do not change results, left out of the hash
 _UNHASHED = {"device", "preset", "eval.sw_batch_size", "train.checkpoint_every", "task.cache_dir"}
 
@@ -195,6 +209,7 @@ def resolve(preset: str = "quick", overrides: list[str] | dict[str, Any] | None 
             **top: Any) -> RunConfig:
     """Build a :class:`RunConfig` from a preset, then ``key=value`` overrides.
 
+    Between the preset and the overrides come the task's own defaults (:data:`TASK_DEFAULTS`).
     ``overrides`` is a list of ``"key=value"`` strings (as typed after ``--set``) or a dict
     of already-typed values; ``top`` sets top-level or dotted fields by keyword (used by the
     CLI for ``--defense``, ``--seed`` ...; ``None`` values are ignored).
@@ -203,16 +218,25 @@ def resolve(preset: str = "quick", overrides: list[str] | dict[str, Any] | None 
         close = difflib.get_close_matches(preset, PRESETS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise PrivbenchError(f"unknown preset {preset!r}{hint} (available: {', '.join(PRESETS)})")
+    items = list(overrides.items() if isinstance(overrides, dict) else map(_split, overrides or []))
+    cfg = _build(preset, {}, top, items)
+    defaults = TASK_DEFAULTS.get(cfg.task.name, {})
+    if defaults:  # rebuilt, so that the task's defaults sit under the user's choices
+        cfg = _build(preset, {**defaults.get("*", {}), **defaults.get(preset, {})}, top, items)
+    validate(cfg)
+    return cfg
+
+
+def _build(preset: str, task_defaults: dict[str, Any], top: dict[str, Any],
+           items: list[tuple[str, Any]]) -> RunConfig:
     cfg = RunConfig(preset=preset)
-    for key, value in PRESETS[preset].items():
+    for key, value in [*PRESETS[preset].items(), *task_defaults.items()]:
         set_value(cfg, key, value)
     for key, value in top.items():
         if value is not None:
             set_value(cfg, key, value)
-    items = overrides.items() if isinstance(overrides, dict) else map(_split, overrides or [])
     for key, value in items:
         set_value(cfg, key, value)
-    validate(cfg)
     return cfg
 
 
@@ -295,6 +319,9 @@ def validate(cfg: RunConfig) -> None:
          "train.patch_size must be a multiple of 16 and at least 32 (U-Net++ downsamples 4 times)"),
         (cfg.train.lr > 0, "train.lr must be > 0"),
         (cfg.train.lr_schedule in ("constant", "poly"), "train.lr_schedule must be constant or poly"),
+        (0 <= cfg.train.foreground_fraction <= 1, "train.foreground_fraction must be in [0, 1]"),
+        (cfg.task.on_bad_scan in ("error", "skip"), "task.on_bad_scan must be error or skip"),
+        (cfg.task.modality in BRATS_MODALITIES, f"task.modality must be one of {', '.join(BRATS_MODALITIES)}"),
         (len(cfg.train.features) == 6 and min(cfg.train.features) >= 1,
          "train.features must be 6 positive ints (BasicUNetPlusPlus)"),
         (cfg.train.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),

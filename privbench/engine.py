@@ -111,21 +111,25 @@ class Batch:
 
 
 class PatchSampler:
-    """Uniformly random scans and patch positions from one role of a task.
+    """Random scans and patch positions from one role of a task.
 
-    With ``references=True`` each patch comes with the co-located patch of another scan of the
-    same role (of another subject when there is one): the pairs Mixup-Privacy mixes, since the
-    volumes are aligned and the client mixes whole volumes.
+    Positions are uniform, except that a ``foreground`` share of the patches (nnU-Net's
+    oversampling, for small structures such as tumors) is centred on a voxel of a random
+    foreground class present in the scan. With ``references=True`` each patch comes with the
+    co-located patch of another scan of the same role (of another subject when there is one):
+    the pairs Mixup-Privacy mixes, since the volumes are aligned and the client mixes whole
+    volumes.
     """
 
     def __init__(self, task: Task, patch_size: int, batch_size: int, seed: int, role: str = "train",
-                 references: bool = False):
+                 references: bool = False, foreground: float = 0.0):
         self.scans = task.scans(role)
         if not self.scans:
             raise PrivbenchError(f"task {task.name!r} has no {role} scans")
         self.volumes = [task.arrays(scan) for scan in self.scans]  # memory-mapped, not copied
         self.patch_size, self.batch_size, self.seed = patch_size, batch_size, seed
-        self.references = references
+        self.references, self.foreground = references, foreground
+        self._voxels: dict[int, list[np.ndarray]] = {}  # scan -> voxel coordinates of each class present
 
     def batch(self, iteration: int) -> Batch:
         rng = np.random.default_rng([self.seed, iteration])
@@ -133,7 +137,10 @@ class PatchSampler:
         images, labels, subjects, ref_images, ref_labels = [], [], [], [], []
         for index in rng.integers(len(self.volumes), size=self.batch_size):
             image, label = self.volumes[index]
-            start = random_start(rng, label.shape, self.patch_size)
+            if self.foreground and rng.random() < self.foreground:
+                start = self._foreground_start(int(index), rng)
+            else:
+                start = random_start(rng, label.shape, self.patch_size)
             images.append(crop_patch(image, start, self.patch_size)[None])
             labels.append(crop_patch(label, start, self.patch_size, torch.int64))
             subjects.append(self.scans[index].subject)
@@ -145,6 +152,20 @@ class PatchSampler:
             return Batch(torch.stack(images), torch.stack(labels), subjects)
         return Batch(torch.stack(images), torch.stack(labels), subjects,
                      torch.stack(ref_images), torch.stack(ref_labels))
+
+    def _foreground_start(self, index: int, rng: np.random.Generator) -> list[int]:
+        """The corner of a patch around a random voxel of a random foreground class (centred on
+        it, moved inward where the patch would leave the volume)."""
+        if index not in self._voxels:
+            label = np.asarray(self.volumes[index][1])
+            self._voxels[index] = [v for c in np.unique(label) if c > 0 for v in [np.argwhere(label == c)]]
+        classes = self._voxels[index]
+        if not classes:  # nothing but background: a uniform position
+            return random_start(rng, self.volumes[index][1].shape, self.patch_size)
+        voxels = classes[int(rng.integers(len(classes)))]
+        centre = voxels[int(rng.integers(len(voxels)))]
+        shape, p = self.volumes[index][1].shape, self.patch_size
+        return [min(max(int(c) - p // 2, 0), max(n - p, 0)) for c, n in zip(centre, shape)]
 
     def _partner(self, index: int, rng: np.random.Generator) -> int:
         """A random scan of another subject (any other scan if every scan is this subject's)."""

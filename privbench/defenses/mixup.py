@@ -67,7 +67,7 @@ class MixupPrivacy(Defense):
         self.attach(task, cfg)
         step = self.build(task.num_classes, cfg, device)
         sampler = engine.PatchSampler(task, cfg.train.patch_size, cfg.train.batch_size, cfg.seed,
-                                      references=True)
+                                      references=True, foreground=cfg.train.foreground_fraction)
         return engine.train(step, sampler, cfg.train, state=self.state, device=device,
                             workdir=workdir, progress=progress, name="mixup")
 

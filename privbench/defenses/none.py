@@ -29,7 +29,8 @@ class NoProxy(Defense):
     def fit(self, task: Task, cfg: RunConfig, *, device: torch.device, progress: bool = True,
             workdir: Path | None = None) -> engine.TrainReport:
         step = self.build(task.num_classes, cfg, device)
-        sampler = engine.PatchSampler(task, cfg.train.patch_size, cfg.train.batch_size, cfg.seed)
+        sampler = engine.PatchSampler(task, cfg.train.patch_size, cfg.train.batch_size, cfg.seed,
+                                      foreground=cfg.train.foreground_fraction)
         return engine.train(step, sampler, cfg.train, state=self.state, device=device,
                             workdir=workdir, progress=progress, name="none")
 

@@ -35,6 +35,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import nibabel as nib
 import numpy as np
@@ -161,20 +162,37 @@ def make_subject(template: Template, rng: np.random.Generator) -> Subject:
 def make_scan(template: Template, subject: Subject, rng: np.random.Generator,
               follow_up: bool) -> tuple[np.ndarray, np.ndarray]:
     """One scan of ``subject``: image float32 in [0, 1] and label uint8 (0 bg, 1 CSF, 2 GM, 3 WM)."""
-    shape, mm = tuple(template.brain.shape), template.spacing
-    grid = _sampling_grid(template, subject, rng, follow_up)
-    warped = F.grid_sample(subject.maps[None], grid, mode="bilinear", padding_mode="zeros",
-                           align_corners=True)[0]
-    gm, wm, csf, brain, resid = warped
+    warped = warp_maps(template, subject, rng, follow_up)
+    gm, wm, csf, brain = warped[:4]
     label = torch.stack([1 - brain, csf, gm, wm]).argmax(0).to(torch.uint8)
+    image = finish_image(template, tissue_image(template, subject, warped, rng), rng)
+    return image.numpy(), label.numpy()
+
+
+def warp_maps(template: Template, subject: Subject, rng: np.random.Generator, follow_up: bool) -> torch.Tensor:
+    """``subject.maps`` as seen in one scan (rigid jitter, subject warp, ventricles), ``[C,D,H,W]``."""
+    grid = _sampling_grid(template, subject, rng, follow_up)
+    return F.grid_sample(subject.maps[None], grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=True)[0]
+
+
+def tissue_image(template: Template, subject: Subject, warped: torch.Tensor,
+                 rng: np.random.Generator) -> torch.Tensor:
+    """The healthy T1 intensities of warped maps, with this scan's tissue contrast."""
+    gm, wm, csf, _, resid = warped[:5]
     m_csf, m_gm, m_wm = (m * rng.uniform(0.92, 1.08) for m in template.means)  # contrast
-    image = (m_csf * csf + m_gm * gm * (1 + subject.texture[0]) + m_wm * wm * (1 + subject.texture[1])
-             + resid)
+    return (m_csf * csf + m_gm * gm * (1 + subject.texture[0]) + m_wm * wm * (1 + subject.texture[1])
+            + resid)
+
+
+def finish_image(template: Template, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """This scan's smooth bias field, global intensity scale and Gaussian noise, clipped to [0, 1]."""
+    shape, mm = tuple(template.brain.shape), template.spacing
     bias = torch.exp(0.08 * _smooth_noise(rng, shape, mm, 80)[0])
     image = image * bias * rng.uniform(0.9, 1.1)
     image = image + float(rng.uniform(0.01, 0.03)) * torch.from_numpy(
         rng.standard_normal(shape).astype(np.float32))
-    return image.clamp(0, 1).numpy(), label.numpy()
+    return image.clamp(0, 1)
 
 
 def _sampling_grid(template: Template, subject: Subject, rng: np.random.Generator,
@@ -223,21 +241,35 @@ def cache_root(cfg: TaskConfig) -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "privbench"
 
 
-def cohort_dir(cfg: TaskConfig) -> Path:
+@dataclass(frozen=True)
+class Cohort:
+    """A kind of synthetic cohort: how its subjects and scans are drawn from the template."""
+
+    name: str
+    version: int  # bump when the generated volumes change
+    class_names: tuple[str, ...]
+    make_subject: Callable[[Template, np.random.Generator], Subject]
+    make_scan: Callable[[Template, Subject, np.random.Generator, bool], tuple[np.ndarray, np.ndarray]]
+
+
+TISSUE = Cohort("mni-tissue", GENERATOR_VERSION, CLASS_NAMES, make_subject, make_scan)
+
+
+def cohort_dir(cfg: TaskConfig, cohort: Cohort = TISSUE) -> Path:
     """The cache folder of the cohort ``cfg`` describes (keyed by every generation setting)."""
-    key = {"version": GENERATOR_VERSION, "spacing": cfg.spacing, "n_subjects": cfg.n_subjects,
+    key = {"version": cohort.version, "spacing": cfg.spacing, "n_subjects": cfg.n_subjects,
            "min_scans": cfg.min_scans, "max_scans": cfg.max_scans, "seed": cfg.cohort_seed}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return cache_root(cfg) / "mni-tissue" / f"{cfg.spacing:g}mm-{digest}"
+    return cache_root(cfg) / cohort.name / f"{cfg.spacing:g}mm-{digest}"
 
 
-def build_cohort(cfg: TaskConfig) -> Path:
+def build_cohort(cfg: TaskConfig, cohort: Cohort = TISSUE) -> Path:
     """Generate the cohort into its cache folder unless it is there already; return the folder.
 
     Generation writes into a temporary sibling folder renamed into place at the end, so an
     interrupted generation never leaves a half-written cohort behind.
     """
-    final = cohort_dir(cfg)
+    final = cohort_dir(cfg, cohort)
     if final.exists():
         return final
     template = load_template(cfg.spacing)
@@ -253,11 +285,11 @@ def build_cohort(cfg: TaskConfig) -> Path:
         files = []
         for index, seq in enumerate(root.spawn(cfg.n_subjects)):
             subject_seq, count_seq, *scan_seqs = seq.spawn(2 + cfg.max_scans)
-            subject = make_subject(template, np.random.default_rng(subject_seq))
+            subject = cohort.make_subject(template, np.random.default_rng(subject_seq))
             n_scans = int(np.random.default_rng(count_seq).integers(cfg.min_scans, cfg.max_scans + 1))
             for s in range(n_scans):
                 follow_up = n_scans > 1 and s >= n_scans // 2
-                image, label = make_scan(template, subject, np.random.default_rng(scan_seqs[s]), follow_up)
+                image, label = cohort.make_scan(template, subject, np.random.default_rng(scan_seqs[s]), follow_up)
                 stem = f"sub-{index:03d}_ses-{s + 1:02d}"
                 for suffix, data in (("T1w", image), ("dseg", label)):
                     nib.save(nib.Nifti1Image(data, template.affine), tmp / f"{stem}_{suffix}.nii")
@@ -265,8 +297,8 @@ def build_cohort(cfg: TaskConfig) -> Path:
                               "follow_up": follow_up, "image": f"{stem}_T1w.nii",
                               "label": f"{stem}_dseg.nii"})
         sizes = {f.name: f.stat().st_size for f in tmp.iterdir()}
-        manifest = {"generator_version": GENERATOR_VERSION, "spacing": cfg.spacing,
-                    "shape": list(template.brain.shape), "classes": list(CLASS_NAMES),
+        manifest = {"cohort": cohort.name, "generator_version": cohort.version, "spacing": cfg.spacing,
+                    "shape": list(template.brain.shape), "classes": list(cohort.class_names),
                     "scans": files, "sizes": sizes}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         tmp.rename(final)
@@ -305,26 +337,31 @@ def split_subjects(subjects: list[str], cfg: TaskConfig) -> dict[str, list[str]]
             "public": sorted(public)}
 
 
+def split_scans(scans: list[Scan], roles: dict[str, list[str]], max_test_scans: int = 0) -> dict[str, list[Scan]]:
+    """Each role's scans, from each role's subjects (``max_test_scans`` > 0 caps the test role)."""
+    by_subject: dict[str, list[Scan]] = {}
+    for scan in scans:
+        by_subject.setdefault(scan.subject, []).append(scan)
+    splits = {role: [s for subj in subjects for s in by_subject[subj]] for role, subjects in roles.items()}
+    if max_test_scans:
+        splits["test"] = splits["test"][:max_test_scans]
+    return splits
+
+
 class MniTissueTask(Task):
     """Brain tissue segmentation (CSF, GM, WM) on the embedded MNI152-derived cohort."""
 
     name = "mni-tissue"
     class_names = CLASS_NAMES
+    cohort = TISSUE
 
     def __init__(self, cfg: TaskConfig, patch_size: int):
-        self.folder = build_cohort(cfg)
+        self.folder = build_cohort(cfg, self.cohort)
         manifest = read_manifest(self.folder)
-        by_subject: dict[str, list[Scan]] = {}
-        for item in manifest["scans"]:
-            scan = Scan(item["subject"], item["session"], self.folder / item["image"],
-                        self.folder / item["label"])
-            by_subject.setdefault(scan.subject, []).append(scan)
-        roles = split_subjects(list(by_subject), cfg)
-        splits = {role: [s for subj in subjects for s in by_subject[subj]]
-                  for role, subjects in roles.items()}
-        if cfg.max_test_scans:
-            splits["test"] = splits["test"][: cfg.max_test_scans]
-        super().__init__(splits, cfg.spacing, patch_size)
+        scans = [Scan(item["subject"], item["session"], self.folder / item["image"], self.folder / item["label"])
+                 for item in manifest["scans"]]
+        roles = split_subjects(sorted({scan.subject for scan in scans}), cfg)
+        super().__init__(split_scans(scans, roles, cfg.max_test_scans), cfg.spacing, patch_size)
 
 
 @register_task("mni-tissue", description="Embedded MNI152-derived longitudinal T1 cohort: CSF/GM/WM "
