@@ -22,7 +22,7 @@ from privbench.config import RunConfig, config_hash, to_dict
 from privbench.defenses.base import Defense
 from privbench.errors import PrivbenchError
 from privbench.evaluation import PER_SCAN
-from privbench.tasks.base import Task
+from privbench.tasks.base import REPEATED_SCANS, Task
 from privbench.registry import ATTACKS, DEFENSES, TASKS, create_attack, create_defense, create_task
 
 log = logging.getLogger("privbench")
@@ -49,12 +49,15 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
         ATTACKS.get(name)
     device = engine.resolve_device(cfg.device)
     digest = config_hash(cfg)
-    if resume:
-        run_dir = cards.find_resumable(Path(out), cfg.task.name, cfg.defense, digest)
-        if run_dir is None:
-            raise PrivbenchError(f"nothing to resume: no unfinished {cfg.task.name}/{cfg.defense} "
-                                 f"run with config {digest} under {out}")
-    else:
+    run_dir = cards.find_resumable(Path(out), cfg.task.name, cfg.defense, digest) if resume else None
+    if resume and run_dir is None:
+        raise PrivbenchError(f"nothing to resume: no unfinished {cfg.task.name}/{cfg.defense} "
+                             f"run with config {digest} under {out}")
+    began = time.perf_counter()
+    task = create_task(cfg.task.name, cfg=cfg)  # bad data stops the run before its folder exists
+    data_seconds = time.perf_counter() - began
+    check_requirements(task, cfg)
+    if run_dir is None:
         run_dir = cards.new_run_dir(Path(out), cfg.task.name, cfg.defense, digest)
     config = to_dict(cfg)
     cards.write_json_atomic(run_dir / cards.CONFIG, {"config": config, "config_hash": digest})
@@ -62,9 +65,6 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
         log.info("run %s: task %s, defense %s, preset %s, seed %d, config %s", run_dir.name,
                  cfg.task.name, cfg.defense, cfg.preset, cfg.seed, digest)
         engine.seed_everything(cfg.seed, deterministic=device.type == "cpu")
-        began = time.perf_counter()
-        task = create_task(cfg.task.name, cfg=cfg)
-        data_seconds = time.perf_counter() - began
         log.info("data ready in %.1f s: %s", data_seconds, task.summary())
         defense: Defense = create_defense(cfg.defense)
         report = defense.fit(task, cfg, device=device, progress=progress, workdir=run_dir)
@@ -107,6 +107,16 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
         cards.write_json_atomic(run_dir / cards.CARD, card)
         log.info("card written to %s", run_dir / cards.CARD)
     return RunResult(run_dir, card)
+
+
+def check_requirements(task: Task, cfg: RunConfig) -> None:
+    """Stop before training when the defense (on the training scans) or an attack (on the test
+    scans) needs repeated scans of a subject and the task has none."""
+    needs = [(DEFENSES.get(cfg.defense), "train"), *((ATTACKS.get(name), "test") for name in cfg.attacks)]
+    for entry, role in needs:
+        if REPEATED_SCANS in entry.requires and not task.repeated_subjects(role):
+            raise PrivbenchError(f"{entry.kind} {entry.name!r} needs {REPEATED_SCANS}, but task {task.name!r} "
+                                 f"has one scan per subject among its {role} scans")
 
 
 def run_attack(name: str, defense: Defense, task: Task, cfg: RunConfig, *, run_dir: Path,

@@ -91,11 +91,13 @@ def test_list_prints_registered_components():
 
 @pytest.mark.parametrize("args, message", [
     (["run", "--defense", "nonee"], "did you mean 'none'?"),
-    (["run", "--task", "mni-tisue"], "did you mean 'mni-tissue'?"),
+    (["run", "--task", "mni-tisue"], "did you mean 'mni-tissue' or 'mni-tumor'?"),
     (["run", "--set", "train.iters=3"], "unknown config key 'train.iters'"),
     (["run", "--set", "train.lr=fast"], "bad value for train.lr"),
     (["run", "--preset", "huge"], "unknown preset 'huge'"),
     (["list", "models"], "choose tasks, defenses or attacks"),
+    (["run", "--task", "ppmi"], "point privbench at it with --set task.root="),
+    (["run", "--task", "brats2021", "--set", "task.root=/no/such/copy"], "task.root /no/such/copy is not a folder"),
     (["leaderboard", "/no/such/folder"], "no such folder"),
 ])
 def test_user_errors_are_one_line_and_exit_2(args, message):

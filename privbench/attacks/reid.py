@@ -19,7 +19,7 @@ from privbench.config import RunConfig
 from privbench.defenses.base import Defense
 from privbench.metrics import ms_ssim3d_pairs, retrieval
 from privbench.registry import register_attack
-from privbench.tasks.base import Task
+from privbench.tasks.base import REPEATED_SCANS, Task
 
 SEED_OFFSET = 7919  # the attack's keys are drawn apart from the utility evaluation's
 HEATMAP = "reid_similarity.png"
@@ -40,7 +40,7 @@ def score(sim: torch.Tensor, truth: Truth) -> dict[str, float]:
 
 
 @register_attack("reid", description="Re-identify subjects by MS-SSIM nearest neighbour among "
-                 "encoded scans (F1, mAP)", paper="Kim et al., IPMI 2023 (Table 2)", requires=())
+                 "encoded scans (F1, mAP)", paper="Kim et al., IPMI 2023 (Table 2)", requires=(REPEATED_SCANS,))
 class Reidentification(Attack):
     """MS-SSIM nearest-neighbour re-identification of the test subjects."""
 

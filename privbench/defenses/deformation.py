@@ -21,6 +21,7 @@ from privbench.config import RunConfig
 from privbench.defenses.adversarial import AdversarialDefense
 from privbench.nets import FlowGenerator
 from privbench.registry import register_defense
+from privbench.tasks.base import REPEATED_SCANS
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class DeformationKey:
 @register_defense("deformation", description="Deformation-Proxy: a pseudo-random invertible "
                   "deformation from a secret seed, learned adversarially; warped back on the client",
                   paper="Kim, Dolz, Desrosiers, Jodoin, BMVC 2021",
-                  requires=("two or more scans per subject",))
+                  requires=(REPEATED_SCANS,))
 class DeformationProxy(AdversarialDefense):
     """Flow-field generator on the client, U-Net++ on the server, Siamese discriminator in training."""
 

@@ -17,12 +17,13 @@ from privbench.defenses.adversarial import AdversarialDefense
 from privbench.defenses.base import Key
 from privbench.nets import EncoderNet
 from privbench.registry import register_defense
+from privbench.tasks.base import REPEATED_SCANS
 
 
 @register_defense("privacy-net", description="Privacy-Net: an adversarially trained encoder hides "
                   "identity; the server segments the encoded scan",
                   paper="Kim, Dolz, Jodoin, Desrosiers, IEEE TMI 2021",
-                  requires=("two or more scans per subject",))
+                  requires=(REPEATED_SCANS,))
 class PrivacyNet(AdversarialDefense):
     """Encoder U-Net on the client, U-Net++ on the server, Siamese discriminator in training."""
 

@@ -21,6 +21,7 @@ import torch
 from privbench.errors import PrivbenchError
 
 ROLES = ("train", "test", "reference", "public")
+REPEATED_SCANS = "two or more scans per subject"  # what defenses and attacks that compare sessions require
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,11 @@ class Task:
 
     def subjects(self, role: str) -> list[str]:
         return sorted({scan.subject for scan in self.splits[role]})
+
+    def repeated_subjects(self, role: str) -> list[str]:
+        """Subjects with two or more scans in ``role``."""
+        sessions = [scan.subject for scan in self.splits[role]]
+        return sorted({s for s in sessions if sessions.count(s) > 1})
 
     def arrays(self, scan: Scan) -> tuple[np.ndarray, np.ndarray]:
         """Image and label voxels ``[D,H,W]`` as stored (memory-mapped where the file allows)."""
