@@ -91,7 +91,8 @@ def _print_card(result: runner.RunResult) -> None:
         console.print(f"reference TTA with K={t['tta_k']}: {t['tta_seconds_per_volume']:.2f} s/volume")
     for unmix, classes_icc in card.get("test_retest", {}).items():
         console.print(f"test-retest ICC(A,1), {unmix}: " + ", ".join(
-            f"{c} {v['icc']:.3f} [{v['lower95']:.3f}, {v['upper95']:.3f}]" for c, v in classes_icc.items()))
+            f"{c} {v['icc']:.3f} [{v['lower95']:.3f}, {v['upper95']:.3f}]" if v["icc"] is not None
+            else f"{c} n/a ({v['n_scans']} scans score it)" for c, v in classes_icc.items()))
     for entry in card["attacks"]:
         if entry["status"] != "done":
             console.print(f"attack {entry['attack']}: {entry['status']} ({entry['reason']})")

@@ -196,7 +196,7 @@ BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
 
 # a task's own defaults, applied over the preset ("*": every preset) and under --set overrides
 TASK_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    "mni-tumor": {"*": {"train.foreground_fraction": 0.33}},
+    "mni-tumor": {"*": {"train.foreground_fraction": 0.33}, "paper": {"train.patch_size": 64}},
     "brats2021": {"*": {"train.foreground_fraction": 0.33, "task.test_fraction": 0.2},
                   "paper": {"train.patch_size": 64}},  # the paper's BraTS patches
 }

@@ -129,7 +129,7 @@ class PatchSampler:
         self.volumes = [task.arrays(scan) for scan in self.scans]  # memory-mapped, not copied
         self.patch_size, self.batch_size, self.seed = patch_size, batch_size, seed
         self.references, self.foreground = references, foreground
-        self._voxels: dict[int, list[np.ndarray]] = {}  # scan -> voxel coordinates of each class present
+        self.picker = ForegroundPicker([label for _, label in self.volumes], patch_size)
 
     def batch(self, iteration: int) -> Batch:
         rng = np.random.default_rng([self.seed, iteration])
@@ -138,7 +138,7 @@ class PatchSampler:
         for index in rng.integers(len(self.volumes), size=self.batch_size):
             image, label = self.volumes[index]
             if self.foreground and rng.random() < self.foreground:
-                start = self._foreground_start(int(index), rng)
+                start = self.picker.start(int(index), rng)
             else:
                 start = random_start(rng, label.shape, self.patch_size)
             images.append(crop_patch(image, start, self.patch_size)[None])
@@ -153,26 +153,35 @@ class PatchSampler:
         return Batch(torch.stack(images), torch.stack(labels), subjects,
                      torch.stack(ref_images), torch.stack(ref_labels))
 
-    def _foreground_start(self, index: int, rng: np.random.Generator) -> list[int]:
-        """The corner of a patch around a random voxel of a random foreground class (centred on
-        it, moved inward where the patch would leave the volume)."""
-        if index not in self._voxels:
-            label = np.asarray(self.volumes[index][1])
-            self._voxels[index] = [v for c in np.unique(label) if c > 0 for v in [np.argwhere(label == c)]]
-        classes = self._voxels[index]
-        if not classes:  # nothing but background: a uniform position
-            return random_start(rng, self.volumes[index][1].shape, self.patch_size)
-        voxels = classes[int(rng.integers(len(classes)))]
-        centre = voxels[int(rng.integers(len(voxels)))]
-        shape, p = self.volumes[index][1].shape, self.patch_size
-        return [min(max(int(c) - p // 2, 0), max(n - p, 0)) for c, n in zip(centre, shape)]
-
     def _partner(self, index: int, rng: np.random.Generator) -> int:
         """A random scan of another subject (any other scan if every scan is this subject's)."""
         subject = self.scans[index].subject
         others = [i for i, scan in enumerate(self.scans) if scan.subject != subject]
         others = others or [i for i in range(len(self.scans)) if i != index] or [index]
         return others[int(rng.integers(len(others)))]
+
+
+class ForegroundPicker:
+    """Patch corners around foreground voxels of label volumes: a random foreground class
+    present in the volume, a random voxel of it at the patch's centre (moved inward where the
+    patch would leave the volume). Each volume's voxel lists are found once, on first use."""
+
+    def __init__(self, labels: list[np.ndarray], patch_size: int):
+        self.labels, self.patch_size = labels, patch_size
+        self._voxels: dict[int, list[np.ndarray]] = {}
+
+    def start(self, index: int, rng: np.random.Generator) -> list[int]:
+        """The corner of a patch of volume ``index`` (uniform if it holds only background)."""
+        shape, p = self.labels[index].shape, self.patch_size
+        if index not in self._voxels:
+            label = np.asarray(self.labels[index])
+            self._voxels[index] = [np.argwhere(label == c) for c in np.unique(label) if c > 0]
+        classes = self._voxels[index]
+        if not classes:
+            return random_start(rng, shape, p)
+        voxels = classes[int(rng.integers(len(classes)))]
+        centre = voxels[int(rng.integers(len(voxels)))]
+        return [min(max(int(c) - p // 2, 0), max(n - p, 0)) for c, n in zip(centre, shape)]
 
 
 def random_start(rng: np.random.Generator, shape: tuple[int, ...], p: int) -> list[int]:

@@ -153,10 +153,15 @@ def tta_curve_table(curve: pd.DataFrame, classes: tuple[str, ...]) -> pd.DataFra
 
 def retest_icc(pairs: np.ndarray, classes: tuple[str, ...]) -> dict[str, Any]:
     """ICC(A,1) with 95% bounds per class, from ``pairs`` ``[2*n_scans, classes]``: rows
-    alternate between the Dice with reference 1 and with reference 2 of one scan."""
+    alternate between the Dice with reference 1 and with reference 2 of one scan. A class
+    scored (not NaN) in fewer than two test scans has no ICC: it is reported as None."""
     per_scan = pairs.reshape(-1, 2, len(classes))
     out: dict[str, Any] = {}
     for c, name in enumerate(classes):
+        scored = int((~np.isnan(per_scan[:, :, c]).any(axis=1)).sum())
+        if scored < 2:
+            out[name] = {"icc": None, "lower95": None, "upper95": None, "pvalue": None, "n_scans": scored}
+            continue
         result = icc(per_scan[:, :, c], kind="A,1")
         out[name] = {"icc": result.value, "lower95": result.lower, "upper95": result.upper,
                      "pvalue": result.pvalue, "n_scans": result.n}

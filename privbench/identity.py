@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from privbench.engine import crop_patch, random_start
+from privbench.engine import ForegroundPicker, crop_patch, random_start
 from privbench.errors import PrivbenchError
 from privbench.tasks.base import Task
 
@@ -40,11 +40,12 @@ class PairSampler:
 
     The ``patch_size``-cube lies inside the volumes; ``margin`` widens every patch by that many
     voxels on each side (P = patch_size + 2*margin, zero outside the volume), for defenses that
-    warp a patch and need what the warp pulls in from around it.
+    warp a patch and need what the warp pulls in from around it. A ``foreground`` share of the
+    pairs is placed around a foreground voxel of the first scan (see :class:`PatchSampler`).
     """
 
     def __init__(self, task: Task, patch_size: int, batch_size: int, seed: int, role: str = "train",
-                 margin: int = 0):
+                 margin: int = 0, foreground: float = 0.0):
         scans = task.scans(role)
         by_subject: dict[str, list[int]] = {}
         for index, scan in enumerate(scans):
@@ -56,6 +57,8 @@ class PairSampler:
         self.groups = list(by_subject.values())
         self.volumes = [task.arrays(scan) for scan in scans]  # memory-mapped images and labels
         self.patch_size, self.batch_size, self.seed, self.margin = patch_size, batch_size, seed, margin
+        self.foreground = foreground
+        self.picker = ForegroundPicker([label for _, label in self.volumes], patch_size)
 
     def batch(self, iteration: int) -> PairBatch:
         rng = np.random.default_rng([self.seed, iteration])
@@ -69,7 +72,10 @@ class PairSampler:
             else:
                 g1, g2 = rng.choice(len(self.groups), size=2, replace=False)
                 i, j = rng.choice(self.groups[g1]), rng.choice(self.groups[g2])
-            start = random_start(rng, self.volumes[i][1].shape, self.patch_size)
+            if self.foreground and rng.random() < self.foreground:
+                start = self.picker.start(int(i), rng)
+            else:
+                start = random_start(rng, self.volumes[i][1].shape, self.patch_size)
             start, size = [s - self.margin for s in start], self.patch_size + 2 * self.margin
             for side, index in enumerate((i, j)):
                 image, label = self.volumes[index]

@@ -235,3 +235,28 @@ def test_brats_labels_modality_and_one_scan_per_subject(tmp_path):
     (root / "BraTS2021_00003" / "BraTS2021_00003_seg.nii.gz").unlink()
     with pytest.raises(PrivbenchError, match="BraTS2021_00003_seg.nii.gz: file not found"):
         create_task("brats2021", cfg=cfg)
+
+
+def test_a_brats_run_end_to_end_lists_skipped_scans_in_its_card(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from privbench.cli import app
+
+    root = brats_copy(tmp_path / "brats", n_subjects=7)
+    victim = root / "BraTS2021_00004" / "BraTS2021_00004_t1ce.nii.gz"
+    victim.write_bytes(victim.read_bytes()[:500])  # truncated
+    args = ["run", "--task", "brats2021", "--defense", "mixup", "--preset", "test", "--quiet",
+            "--set", f"task.root={root}", "--set", f"task.cache_dir={tmp_path / 'cache'}",
+            "--set", "task.spacing=4", "--set", "task.reference_subjects=3", "--out", str(tmp_path / "runs")]
+    failed = CliRunner().invoke(app, args)
+    assert failed.exit_code == 2 and "BraTS2021_00004_t1ce.nii.gz: cannot read it" in failed.stderr
+    assert not (tmp_path / "runs").exists()  # stopped before the run folder was made
+    result = CliRunner().invoke(app, [*args, "--set", "task.on_bad_scan=skip"])
+    assert result.exit_code == 0, result.output
+    (card_path,) = (tmp_path / "runs").glob("brats2021/mixup/*/card.json")
+    card = json.loads(card_path.read_text())
+    assert [s["subject"] for s in card["data"]["skipped_scans"]] == ["BraTS2021_00004"]
+    assert card["data"]["classes"] == ["background", "NCR", "ED", "ET"]
+    assert {"NCR", "ED", "ET"} <= set(card["utility"][0]["dice"])

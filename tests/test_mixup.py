@@ -154,3 +154,13 @@ def test_too_few_references_fail_before_training(tmp_path):
     assert result.exit_code == 2
     assert "raise task.reference_subjects" in result.output and "Traceback" not in result.output
     assert not list(tmp_path.glob("**/checkpoint.pt")) and not list(tmp_path.glob("**/card.json"))
+
+
+def test_retest_icc_is_none_for_a_class_scored_in_fewer_than_two_scans():
+    from privbench.evaluation import retest_icc
+
+    # rows alternate reference 1 / reference 2 of one scan; the second class is scored in one scan only
+    pairs = np.array([[0.80, np.nan], [0.82, np.nan], [0.60, 0.50], [0.62, np.nan], [0.70, 0.40], [0.71, 0.45]])
+    out = retest_icc(pairs, ("A", "B"))
+    assert out["B"] == {"icc": None, "lower95": None, "upper95": None, "pvalue": None, "n_scans": 1}
+    assert out["A"]["n_scans"] == 3 and out["A"]["icc"] > 0.9

@@ -57,3 +57,11 @@ def test_foreground_patches_contain_foreground():
     base = [(never.batch(i).label > 0).flatten(1).any(1).float().mean() for i in range(5)]
     assert min(hits) == 1.0 and np.mean(base) < 0.9
     assert torch.equal(always.batch(3).image, always.batch(3).image)  # batch i depends on i only
+
+
+def test_identity_pairs_oversample_the_foreground_too():
+    from privbench.identity import PairSampler
+
+    task = tumor_task()
+    pairs = PairSampler(task, 16, 8, seed=0, foreground=1.0).batch(0)
+    assert (pairs.first_label > 0).flatten(1).any(1).all()

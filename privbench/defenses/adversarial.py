@@ -43,7 +43,7 @@ class AdversarialDefense(Defense):
             workdir: Path | None = None) -> engine.TrainReport:
         step = self.build(task.num_classes, task.spacing, cfg, device)
         sampler = PairSampler(task, cfg.train.patch_size, cfg.train.batch_size, cfg.seed,
-                              margin=self.margin())  # a task without repeated scans fails here
+                              margin=self.margin(), foreground=cfg.train.foreground_fraction)
         return engine.train(step, sampler, cfg.train, state=self.state, device=device,
                             workdir=workdir, progress=progress, name=self.name)
 

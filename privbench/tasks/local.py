@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from rich.console import Console
+from rich.progress import track
 
 from privbench.config import TaskConfig
 from privbench.errors import PrivbenchError
@@ -62,7 +64,9 @@ class LocalTask(Task):
         cache = cache_root(cfg) / self.name
         shape = tuple(round(n / cfg.spacing) for n in shape_mm)
         scans, self.skipped = [], []
-        for index, source in enumerate(sources):
+        console = Console(stderr=True)
+        for source in track(sources, description=f"{self.name}: preparing scans", console=console,
+                            transient=True, disable=not console.is_terminal):
             try:
                 if source.problem:
                     raise preprocess.BadScan(source.problem)
@@ -76,8 +80,6 @@ class LocalTask(Task):
                 self.skipped.append({"subject": source.subject, "session": source.session, "problem": str(exc)})
                 continue
             scans.append(Scan(source.subject, source.session, image, label))
-            if (index + 1) % 50 == 0:
-                log.info("%s: %d of %d scans ready", self.name, index + 1, len(sources))
         subjects = sorted({scan.subject for scan in scans})
         if not subjects:
             raise PrivbenchError(f"task {self.name!r}: every scan under {cfg.root} was skipped as bad")
