@@ -31,8 +31,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -47,6 +45,7 @@ from privbench.config import RunConfig, TaskConfig
 from privbench.errors import PrivbenchError
 from privbench.registry import register_task
 from privbench.tasks.base import Scan, Task
+from privbench.tasks.cache import atomic_folder, cache_root, file_sizes, first_damaged
 
 GENERATOR_VERSION = 1  # bump when the generated volumes change
 FULL_SHAPE = (144, 192, 160)  # at 1 mm, like the paper's PPMI volumes
@@ -233,14 +232,6 @@ def _rotation(a: float, b: float, c: float) -> np.ndarray:
 
 # ---------------------------------------------------------------- cohort on disk
 
-def cache_root(cfg: TaskConfig) -> Path:
-    """Where generated cohorts live: ``task.cache_dir``, ``$PRIVBENCH_CACHE`` or ~/.cache."""
-    if cfg.cache_dir:
-        return Path(cfg.cache_dir).expanduser()
-    env = os.environ.get("PRIVBENCH_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "privbench"
-
-
 @dataclass(frozen=True)
 class Cohort:
     """A kind of synthetic cohort: how its subjects and scans are drawn from the template."""
@@ -273,14 +264,7 @@ def build_cohort(cfg: TaskConfig, cohort: Cohort = TISSUE) -> Path:
     if final.exists():
         return final
     template = load_template(cfg.spacing)
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    except OSError as exc:
-        raise PrivbenchError(f"cannot write the cohort cache under {final.parent}: {exc}") from exc
-    try:
+    with atomic_folder(final, "cohort cache") as tmp:
         root = np.random.SeedSequence(cfg.cohort_seed)
         files = []
         for index, seq in enumerate(root.spawn(cfg.n_subjects)):
@@ -296,15 +280,10 @@ def build_cohort(cfg: TaskConfig, cohort: Cohort = TISSUE) -> Path:
                 files.append({"subject": f"sub-{index:03d}", "session": f"ses-{s + 1:02d}",
                               "follow_up": follow_up, "image": f"{stem}_T1w.nii",
                               "label": f"{stem}_dseg.nii"})
-        sizes = {f.name: f.stat().st_size for f in tmp.iterdir()}
         manifest = {"cohort": cohort.name, "generator_version": cohort.version, "spacing": cfg.spacing,
                     "shape": list(template.brain.shape), "classes": list(cohort.class_names),
-                    "scans": files, "sizes": sizes}
+                    "scans": files, "sizes": file_sizes(tmp)}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 
@@ -316,11 +295,10 @@ def read_manifest(folder: Path) -> dict:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PrivbenchError(f"corrupt cohort cache {folder} (bad manifest: {exc}); "
                              f"delete the folder to regenerate it") from exc
-    for name, size in sizes.items():
-        path = folder / name
-        if not path.is_file() or path.stat().st_size != size:
-            raise PrivbenchError(f"corrupt cohort cache: {path} is missing or truncated; "
-                                 f"delete {folder} to regenerate it")
+    damaged = first_damaged(folder, sizes)
+    if damaged:
+        raise PrivbenchError(f"corrupt cohort cache: {damaged} is missing or truncated; "
+                             f"delete {folder} to regenerate it")
     return {"scans": scans, **{k: v for k, v in manifest.items() if k != "scans"}}
 
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, CropForegroundd, Orientationd, ResizeWithPadOrCropd, Spacingd
 
 from privbench.errors import PrivbenchError
+from privbench.tasks.cache import atomic_folder, file_sizes, first_damaged
 
 PREPROCESS_VERSION = 1  # bump when the preprocessed volumes change
 PERCENTILES = (0.5, 99.5)
@@ -146,29 +145,17 @@ def cached(root: Path, image_path: Path, label_path: Path, settings: Settings) -
         return files
     image, label = preprocess(image_path, label_path, settings)
     affine = image.affine.numpy()
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+    with atomic_folder(folder, "preprocessing cache") as tmp:
         nib.save(nib.Nifti1Image(image.numpy().astype(np.float32), affine), tmp / "image.nii")
         nib.save(nib.Nifti1Image(label.numpy(), affine), tmp / "label.nii")
-        sizes = {p.name: p.stat().st_size for p in tmp.iterdir()}
-        (tmp / "entry.json").write_text(json.dumps({"image": str(image_path), "label": str(label_path),
-                                                    "sizes": sizes}))
-        shutil.rmtree(folder, ignore_errors=True)  # an incomplete entry from an older failure
-        tmp.rename(folder)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise PrivbenchError(f"cannot write the preprocessing cache under {root}: {exc}") from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        entry = {"image": str(image_path), "label": str(label_path), "sizes": file_sizes(tmp)}
+        (tmp / "entry.json").write_text(json.dumps(entry))
     return files
 
 
 def _complete(folder: Path) -> bool:
     try:
         sizes = json.loads((folder / "entry.json").read_text())["sizes"]
-        return all((folder / name).stat().st_size == size for name, size in sizes.items())
-    except (OSError, ValueError, KeyError, TypeError):
+        return first_damaged(folder, sizes) is None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
