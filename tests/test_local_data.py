@@ -260,3 +260,25 @@ def test_a_brats_run_end_to_end_lists_skipped_scans_in_its_card(tmp_path):
     assert [s["subject"] for s in card["data"]["skipped_scans"]] == ["BraTS2021_00004"]
     assert card["data"]["classes"] == ["background", "NCR", "ED", "ET"]
     assert {"NCR", "ED", "ET"} <= set(card["utility"][0]["dice"])
+
+
+def test_a_failure_while_caching_leaves_nothing_half_written(tmp_path, monkeypatch):
+    from privbench.tasks import preprocess
+
+    root = ppmi_copy(tmp_path / "ppmi", n_subjects=4)
+    real_save, calls = nib.save, []
+
+    def failing_save(image, path):
+        calls.append(path)
+        if len(calls) == 3:  # the second scan's image: its entry is half written when this fails
+            raise KeyboardInterrupt
+        real_save(image, path)
+
+    monkeypatch.setattr(preprocess.nib, "save", failing_save)
+    with pytest.raises(KeyboardInterrupt):
+        create_task("ppmi", cfg=cfg_for("ppmi", root, tmp_path))
+    entries = list((tmp_path / "cache" / "ppmi").iterdir())
+    assert len(entries) == 1 and (entries[0] / "entry.json").is_file()  # the first scan only, complete
+    monkeypatch.setattr(preprocess.nib, "save", real_save)
+    task = create_task("ppmi", cfg=cfg_for("ppmi", root, tmp_path))  # picks up where it stopped
+    assert len(list((tmp_path / "cache" / "ppmi").iterdir())) == 8 and task.scans("train")
