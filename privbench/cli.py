@@ -74,6 +74,17 @@ def run(
     _print_card(result)
 
 
+@app.command("attack")
+@_friendly
+def attack_(
+    run_dir: Path = typer.Argument(..., help="A finished run's folder (runs/<task>/<defense>/<run-id>)."),
+    attack: list[str] = typer.Option(..., "--attack", "-a", help="Attack to run (repeatable)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Run attacks against a finished run's trained defense and add them to its card."""
+    _print_card(runner.attack(run_dir, attack, progress=not quiet))
+
+
 def _print_card(result: runner.RunResult) -> None:
     card = result.card
     table = Table(title=f"{card['task']} / {card['defense']}  (preset {card['preset']}, seed {card['seed']})")

@@ -78,6 +78,9 @@ class MixupConfig:
     unmix_features: int = 8  # channels of the unmixing U-Net's first blocks
     tta: int = 4  # K references of the "+TTA" variants (the paper: 10)
     tta_max: int = 4  # the Dice-versus-K curve runs K = 1..tta_max (>= tta, >= 2 for test-retest)
+    curve: bool = False  # also measure the utility-privacy curve over fixed a (Dice and the run's attacks)
+    curve_a: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # the curve's weights
+    curve_scans: int = 4  # test scans whose Dice the curve measures at each a
 
 
 @dataclass
@@ -136,11 +139,20 @@ class BssConfig:
 
 
 @dataclass
+class TtaAverageConfig:
+    """Averaging the K mixtures of a reference-TTA request (privbench's audit beyond the paper)."""
+
+    ks: tuple[int, ...] = (1, 2, 5, 10, 30)  # K values scored (those the reference pool allows), plus mixup.tta
+    prior_a: float = 0.5  # the attacker's guess of a when K = 1 (no spread to estimate it from)
+
+
+@dataclass
 class AttackConfig:
-    """Settings of each attack, by attack name."""
+    """Settings of each attack, by attack name (``tta_average`` is the ``tta-average`` attack)."""
 
     reid: ReidConfig = field(default_factory=ReidConfig)
     bss: BssConfig = field(default_factory=BssConfig)
+    tta_average: TtaAverageConfig = field(default_factory=TtaAverageConfig)
 
 
 @dataclass
@@ -174,6 +186,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "attack.bss.num_sigmas": 4, "attack.bss.steps_per_level": 2, "attack.bss.n_patches": 2,
         "attack.bss.n_inits": 2, "adversary.features": (4, 8, 8, 16),
         "privacy_net.encoder_features": (4, 4, 8, 8, 16, 4), "deformation.generator_features": 8,
+        "mixup.curve_a": (0.3, 0.7), "mixup.curve_scans": 1,
     },
     # the default: a whole run in under ten minutes on two CPU cores (2 mm cohort)
     "quick": {},
@@ -334,6 +347,8 @@ def validate(cfg: RunConfig) -> None:
         (cfg.mixup.unmix_features >= 1, "mixup.unmix_features must be >= 1"),
         (1 <= cfg.mixup.tta <= cfg.mixup.tta_max and cfg.mixup.tta_max >= 2,
          "mixup.tta must be >= 1 and <= mixup.tta_max, and mixup.tta_max >= 2 (test-retest)"),
+        (len(cfg.mixup.curve_a) >= 1 and all(0 < a <= 1 for a in cfg.mixup.curve_a) and cfg.mixup.curve_scans >= 1,
+         "mixup.curve_a must be weights in (0, 1] and mixup.curve_scans >= 1"),
         (cfg.adversary.weight >= 0, "adversary.weight (lambda) must be >= 0"),
         (len(cfg.adversary.features) >= 1 and min(cfg.adversary.features) >= 1
          and cfg.train.patch_size % 2 ** len(cfg.adversary.features) == 0,
@@ -358,6 +373,9 @@ def validate(cfg: RunConfig) -> None:
         (cfg.attack.bss.start_sigma >= 0, "attack.bss.start_sigma must be >= 0"),
         (cfg.attack.bss.n_patches >= 1 and cfg.attack.bss.n_inits >= 1,
          "attack.bss.n_patches and attack.bss.n_inits must be >= 1"),
+        (len(cfg.attack.tta_average.ks) >= 1 and min(cfg.attack.tta_average.ks) >= 1,
+         "attack.tta_average.ks must be positive ints"),
+        (0 < cfg.attack.tta_average.prior_a <= 1, "attack.tta_average.prior_a must be in (0, 1]"),
         (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
          "device must be auto, cpu, cuda or cuda:N"),
     ]
@@ -404,7 +422,7 @@ def config_hash(cfg: RunConfig) -> str:
     own = _DEFENSE_SECTIONS.get(cfg.defense, ())
     foreign = {f"{section}." for sections in _DEFENSE_SECTIONS.values() for section in sections
                if section not in own}
-    foreign |= {f"attack.{name}." for name in _fields(AttackConfig) if name not in cfg.attacks}
+    foreign |= {f"attack.{name}." for name in _fields(AttackConfig) if name.replace("_", "-") not in cfg.attacks}
     unhashed = _UNHASHED | (set() if cfg.attacks else {"attacks"})
     flat = {k: v for k, v in _flatten(to_dict(cfg)).items()
             if k not in unhashed and not k.startswith(tuple(foreign))}

@@ -271,6 +271,14 @@ def save_checkpoint(workdir: Path, state: dict[str, Any], iteration: int, name: 
     os.replace(tmp, workdir / name)
 
 
+def checkpoint_iteration(workdir: Path, name: str = CHECKPOINT) -> int:
+    """The iteration a checkpoint in ``workdir`` was saved at (0 if there is none or it is unreadable)."""
+    try:
+        return int(torch.load(workdir / name, map_location="cpu", weights_only=True)["iteration"])
+    except Exception:  # noqa: BLE001  (missing or damaged: nothing to restore)
+        return 0
+
+
 def load_checkpoint(workdir: Path, state: dict[str, Any], name: str = CHECKPOINT) -> int:
     """Restore ``state`` from ``workdir/<name>``; return its iteration (0 if none)."""
     path = workdir / name

@@ -144,3 +144,44 @@ def separation_examples(target: torch.Tensor, reference: torch.Tensor, mixture: 
         ax.set_xticks([]), ax.set_yticks([])
     fig.tight_layout()
     return fig
+
+
+def tta_average_curve(table: pd.DataFrame) -> plt.Figure:
+    """The tta-average attack against K: MS-SSIM of the recovered targets and their linkage
+    rate, beside the oracle that knows a, one mixture as the guess, the template and chance."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    left.plot(table.k, table.msssim, "o-", lw=2, color="C3", label="recovered (a estimated)")
+    left.plot(table.k, table.oracle_a_msssim, "s--", color="C2", label="recovered with the true a")
+    left.axhline(table.mixture_msssim.iloc[0], color="C0", ls=":", label="one mixture as guess")
+    left.axhline(table.template_msssim.iloc[0], color="k", ls=":", label="public mean as guess")
+    left.set(xlabel="K (mixtures in one request)", ylabel="MS-SSIM to the target", xscale="log")
+    right.plot(table.k, table.linkage_top1, "o-", lw=2, color="C3", label="recovered (a estimated)")
+    right.plot(table.k, table.oracle_a_linkage_top1, "s--", color="C2", label="recovered with the true a")
+    right.axhline(table.mixture_linkage_top1.iloc[0], color="C0", ls=":", label="one mixture")
+    right.axhline(table.chance_top1.iloc[0], color="k", ls=":", label="chance")
+    right.set(xlabel="K (mixtures in one request)", ylabel="top-1 linkage", xscale="log", ylim=(-0.02, 1.02))
+    for ax in (left, right):
+        ax.set_xticks(list(table.k), [str(k) for k in table.k])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def utility_privacy_curve(table: pd.DataFrame, headlines: dict[str, str]) -> plt.Figure:
+    """Dice against each attack's headline number, one point per mixing weight a (labelled);
+    without attacks, Dice against a."""
+    panels = list(headlines.items()) or [("a", "mixing weight a")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4), squeeze=False)
+    for ax, (column, name) in zip(axes[0], panels):
+        for variant, style in (("learned+tta", "o-"), ("naive+tta", "s--"), ("learned", "^:")):
+            ax.plot(table[column], table[f"dice_{variant}"], style, label=variant, alpha=0.9)
+        for _, row in table.iterrows():
+            ax.annotate(f"a={row.a:g}", (row[column], row["dice_learned+tta"]), fontsize=7,
+                        textcoords="offset points", xytext=(4, 4))
+        ax.set(xlabel=column if column == "a" else f"{name}: {column.removeprefix(name + '_')}",
+               ylabel="test Dice (mean over classes)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

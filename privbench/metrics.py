@@ -18,6 +18,9 @@ Conventions
   with its F-test and confidence interval. Subjects (rows) containing NaN are dropped.
 * ``retrieval``: leave-one-out nearest-neighbour re-identification from a square distance
   matrix; ties are broken by the lower scan index everywhere.
+* ``residual_correlation`` and ``linkage``: probes (e.g. proxies) against a labelled gallery of
+  clean scans, by correlation after removing the population mean; top-k identification, mAP
+  and chance.
 
 Invalid inputs raise ``ValueError`` with a message saying what was expected.
 """
@@ -41,6 +44,8 @@ __all__ = [
     "ICCResult",
     "icc",
     "retrieval",
+    "residual_correlation",
+    "linkage",
 ]
 
 
@@ -463,3 +468,59 @@ def retrieval(distance: Any, subject_ids: Sequence[Any]) -> dict:
         "n_map_queries": len(aps),
         "chance": float(np.mean(chance)),
     }
+
+
+# --------------------------------------------------------------------------- linkage
+
+
+def residual_correlation(probes: torch.Tensor, gallery: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation ``[P, G]`` of every probe with every gallery volume after both lose
+    ``mean`` (the population mean), over the voxels where ``mean > 0`` (inside the population's
+    anatomy). Volumes are ``[N, 1, D, H, W]`` (or ``[N, D, H, W]``); ``mean`` is one volume."""
+    inside = (mean > 0).flatten()
+
+    def residuals(x: torch.Tensor) -> torch.Tensor:
+        r = (x.reshape(x.shape[0], -1)[:, inside] - mean.flatten()[inside]).double()
+        r = r - r.mean(1, keepdim=True)
+        return r / r.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+    return (residuals(probes) @ residuals(gallery).T).float()
+
+
+def linkage(similarity: Any, probe_ids: Sequence[Any], gallery_ids: Sequence[Any],
+            exclude: Any = None, ranks: Sequence[int] = (1, 5)) -> dict:
+    """Closed-set identification of P probes against a labelled gallery of G items.
+
+    ``similarity [P, G]`` (higher is closer); ``exclude [P, G]`` marks gallery items a probe may
+    not be compared with (the very scan it was made from). An identity's score is its best
+    non-excluded item's. Scored are the probes whose identity keeps at least one gallery item.
+    Returns ``top<k>`` (the true identity among the k best-scored identities, ties broken
+    toward the lower gallery index), ``map`` (average precision of the ranked gallery items,
+    relevant = the probe's identity), ``chance_top<k>`` (k over the number of identities),
+    ``n_probes`` and ``n_identities``.
+    """
+    sim = _as_numpy(similarity).astype(np.float64)
+    probes, gallery = list(probe_ids), list(gallery_ids)
+    if sim.shape != (len(probes), len(gallery)):
+        raise ValueError(f"linkage: similarity {sim.shape} does not match {len(probes)} probes x {len(gallery)} items")
+    blocked = np.zeros(sim.shape, bool) if exclude is None else _as_numpy(exclude).astype(bool)
+    identities = list(dict.fromkeys(gallery))
+    codes = np.array([identities.index(g) for g in gallery])
+    hits = {k: [] for k in ranks}
+    aps = []
+    for p, who in enumerate(probes):
+        allowed = ~blocked[p]
+        if who not in identities or not np.any(allowed & (codes == identities.index(who))):
+            continue  # nothing of this identity left to find
+        order = np.flatnonzero(allowed)[np.argsort(-sim[p, allowed], kind="stable")]
+        ranked_ids = list(dict.fromkeys(codes[order]))  # identities by their best item
+        position = ranked_ids.index(identities.index(who))
+        for k in ranks:
+            hits[k].append(position < k)
+        relevant = codes[order] == identities.index(who)
+        aps.append(np.mean(np.cumsum(relevant)[relevant] / (np.flatnonzero(relevant) + 1)))
+    n_ids = len(identities)
+    out: dict[str, float] = {f"top{k}": float(np.mean(hits[k])) if aps else float("nan") for k in ranks}
+    out["map"] = float(np.mean(aps)) if aps else float("nan")
+    out.update({f"chance_top{k}": min(k, n_ids) / n_ids if n_ids else float("nan") for k in ranks})
+    return out | {"n_probes": len(aps), "n_identities": n_ids}

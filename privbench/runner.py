@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from privbench import card as cards
-from privbench.attacks.base import card_entry
+from privbench.attacks.base import Attack, card_entry
 from privbench import engine
-from privbench.config import RunConfig, config_hash, to_dict
+from privbench.config import RunConfig, config_hash, from_dict, to_dict
+from privbench.curve import utility_privacy_curve
 from privbench.defenses.base import Defense
 from privbench.errors import PrivbenchError
 from privbench.evaluation import PER_SCAN
@@ -74,8 +75,12 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
         cards.write_text_atomic(run_dir / PER_SCAN, evaluation.per_scan.to_csv(index=False))
         for entry in evaluation.utility:
             log.info("test dice (%s): %s", entry["variant"], entry["dice"])
-        attacks = [run_attack(name, defense, task, cfg, run_dir=run_dir, progress=progress)
-                   for name in cfg.attacks]
+        attackers = [create_attack(name) for name in cfg.attacks]
+        attacks = [run_attack(attacker, defense, task, cfg, run_dir=run_dir, progress=progress)
+                   for attacker in attackers]
+        curve = None
+        if cfg.defense == "mixup" and cfg.mixup.curve:
+            curve = utility_privacy_curve(defense, task, cfg, attackers, run_dir=run_dir, progress=progress)
         card = {
             "card_version": cards.CARD_VERSION,
             "run_id": run_dir.name,
@@ -101,11 +106,41 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
             "utility": evaluation.utility,
             **evaluation.sections,
             "attacks": attacks,
+            **({"a_curve": curve["rows"]} if curve else {}),
             "files": {"checkpoint": engine.CHECKPOINT, "log": "run.log", "per_scan": PER_SCAN,
-                      **evaluation.files},
+                      **evaluation.files, **(curve["files"] if curve else {})},
         }
         cards.write_json_atomic(run_dir / cards.CARD, card)
         log.info("card written to %s", run_dir / cards.CARD)
+    return RunResult(run_dir, card)
+
+
+def attack(run_dir: str | Path, names: list[str], *, progress: bool = True) -> RunResult:
+    """Run the attacks ``names`` against the trained defense of a finished run and add them to
+    its card (replacing earlier entries of the same attacks). The defense is restored from the
+    run's final checkpoint; each new entry records when and with which code it ran."""
+    run_dir = Path(run_dir)
+    card = cards.read_card(run_dir / cards.CARD)
+    cfg = from_dict(card["config"])
+    for name in names:
+        ATTACKS.get(name)
+    cfg.attacks = tuple(names)
+    device = engine.resolve_device(cfg.device)
+    task = create_task(cfg.task.name, cfg=cfg)
+    check_requirements(task, cfg)
+    with _log_to(run_dir / "run.log"):
+        log.info("attack %s with %s", run_dir.name, ", ".join(names))
+        engine.seed_everything(cfg.seed, deterministic=device.type == "cpu")
+        defense: Defense = create_defense(cfg.defense)
+        if engine.checkpoint_iteration(run_dir) != cfg.train.iterations:
+            raise PrivbenchError(f"{run_dir} holds no final checkpoint of its {cfg.train.iterations} iterations")
+        defense.fit(task, cfg, device=device, progress=False, workdir=run_dir)  # restores, trains nothing
+        added = {"added": time.strftime("%Y-%m-%dT%H:%M:%S"), **cards.environment(device)}
+        entries = [run_attack(create_attack(name), defense, task, cfg, run_dir=run_dir, progress=progress)
+                   | {"added_later": added} for name in names]
+        card["attacks"] = [e for e in card["attacks"] if e["attack"] not in names] + entries
+        cards.write_json_atomic(run_dir / cards.CARD, card)
+        log.info("card updated: %s", run_dir / cards.CARD)
     return RunResult(run_dir, card)
 
 
@@ -119,11 +154,11 @@ def check_requirements(task: Task, cfg: RunConfig) -> None:
                                  f"has one scan per subject among its {role} scans")
 
 
-def run_attack(name: str, defense: Defense, task: Task, cfg: RunConfig, *, run_dir: Path,
+def run_attack(attack: Attack, defense: Defense, task: Task, cfg: RunConfig, *, run_dir: Path,
                progress: bool = True) -> dict[str, Any]:
     """One attack against the trained defense, as a card entry (with its wall time), or a
     "not applicable" entry where the attack does not apply to this defense."""
-    attack = create_attack(name)
+    name = attack.name
     if not attack.applies(cfg.defense):
         log.info("attack %s: not applicable to %s", name, cfg.defense)
         return card_entry(attack, cfg.defense, None)

@@ -8,6 +8,7 @@ from privbench import config
 from privbench.attacks import bss
 from privbench.cli import app
 from privbench.defenses.mixup import MixupPrivacy
+from privbench.metrics import ms_ssim3d
 from privbench.mixing import mix
 from privbench.registry import create_task
 
@@ -61,7 +62,7 @@ def test_the_separation_sees_only_mixtures_and_weights(mixup_client, tmp_path, m
 
     monkeypatch.setattr(bss, "separate", spy)
     result = bss.BlindSourceSeparation().run(defense, task, cfg, run_dir=tmp_path)
-    mixtures, alphas, targets, references = bss.victim_patches(defense, task, cfg)
+    mixtures, alphas, targets, references, windows = bss.victim_patches(defense, task, cfg)
     assert torch.allclose(mixtures, mix(targets, references, alphas))
     seen_mixture, seen_alpha = calls[0]
     assert torch.equal(seen_mixture.cpu(), mixtures) and torch.equal(seen_alpha.cpu(), alphas)
@@ -69,6 +70,10 @@ def test_the_separation_sees_only_mixtures_and_weights(mixup_client, tmp_path, m
     # returning the mixture as both sources scores exactly the "mixture as guess" baseline
     assert result.metrics["msssim"] == pytest.approx(result.metrics["mixture_msssim"])
     assert result.metrics["oracle_msssim"] == pytest.approx(1.0, abs=1e-4)
+    # the template guess is the public mean at each patch's place
+    mean = torch.stack([task.load(s)[0] for s in task.scans("public")]).mean(0)
+    expected = ms_ssim3d(torch.stack([mean[w] for w in windows]), targets, data_range=1.0).mean()
+    assert result.metrics["template_msssim"] == pytest.approx(float(expected), abs=1e-5)
 
 
 def test_bss_end_to_end_and_not_applicable_to_none(tmp_path):
@@ -81,7 +86,7 @@ def test_bss_end_to_end_and_not_applicable_to_none(tmp_path):
     assert entry["status"] == "done" and entry["settings"]["n_patches"] == 2
     assert 0 <= entry["metrics"]["msssim"] <= 1 and entry["metrics"]["oracle_msssim"] > 0.99
     assert [row["guess"] for row in entry["table"]] == [
-        "bss (Langevin separation)", "mixture as guess", "oracle knowing the reference"]
+        "bss (Langevin separation)", "mixture as guess", "public mean as guess", "oracle knowing the reference"]
     assert (card_path.parent / bss.CHECKPOINT).exists() and (card_path.parent / bss.FIGURE).exists()
     none = runner.invoke(app, ["run", "--preset", "test", "--defense", "none", "--attack", "bss",
                                "--out", str(tmp_path), "--quiet"])

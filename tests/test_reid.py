@@ -90,6 +90,5 @@ def test_an_attack_that_does_not_apply_is_recorded_not_run(cohort, tmp_path, mon
         def run(self, *args, **kwargs):
             raise AssertionError("a non-applicable attack must not run")
 
-    monkeypatch.setattr(runner, "create_attack", lambda name: MixupOnly())
-    entry = runner.run_attack("mixup-only", NoProxy(), task, config.resolve("test"), run_dir=tmp_path)
+    entry = runner.run_attack(MixupOnly(), NoProxy(), task, config.resolve("test"), run_dir=tmp_path)
     assert entry["status"] == "not applicable" and "applies to mixup, not none" in entry["reason"]

@@ -18,6 +18,7 @@ import torch
 
 from privbench.config import RunConfig
 from privbench.defenses.base import Defense
+from privbench.errors import PrivbenchError
 from privbench.tasks.base import Task
 
 NOT_APPLICABLE = "not applicable"
@@ -61,6 +62,7 @@ class Attack(abc.ABC):
     name: str = ""
     applies_to: tuple[str, ...] = ("*",)  # defense names, or "*" for all
     observes: str = ""  # one line for the card: what the attacker sees
+    headline: str = ""  # the metric that says how well it succeeded (the utility-privacy curve's x axis)
 
     def applies(self, defense: str) -> bool:
         return "*" in self.applies_to or defense in self.applies_to
@@ -87,6 +89,17 @@ def observe_test_scans(defense: Defense, task: Task, *, seed: int,
         subjects.append(scan.subject)
         sessions.append(scan.session)
     return Observation(proxies, returned if outputs else None), Truth(subjects, sessions, images)
+
+
+def public_statistics(task: Task) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attacker's public knowledge of the population: the voxel-wise mean and variance
+    ``[D,H,W]`` of the public pool's clean scans (at least two)."""
+    scans = task.scans("public")
+    if len(scans) < 2:
+        raise PrivbenchError(f"this attack needs a public pool of at least two scans; task {task.name!r} "
+                             f"has {len(scans)} (raise task.public_fraction)")
+    images = torch.stack([task.load(scan)[0][0] for scan in scans])
+    return images.mean(0), images.var(0)
 
 
 def card_entry(attack: Attack, defense: str, result: AttackResult | None) -> dict[str, Any]:

@@ -6,8 +6,8 @@ largest distance between training patches down to ``sigma_min``, EMA weights) on
 of its public pool, then separates each observed mixture ``m = a*x1 + (1-a)*x2`` into two
 sources by annealed Langevin dynamics on the two sources jointly (Jayaram & Thickstun, ICML
 2020). Scored by 3D MS-SSIM between the recovered and the true target (the better of the two
-source assignments), beside two calibration guesses: the mixture itself, and an oracle that
-knows the reference.
+source assignments), beside three calibration guesses: the mixture itself, the public pool's
+mean (the template) at the patch's place, and an oracle that knows the reference.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from privbench import engine, figures
-from privbench.attacks.base import Attack, AttackResult
+from privbench.attacks.base import Attack, AttackResult, public_statistics
 from privbench.config import BssConfig, RunConfig, TrainConfig
 from privbench.defenses.base import Defense
 from privbench.metrics import ms_ssim3d
@@ -140,15 +140,20 @@ class BlindSourceSeparation(Attack):
     """Recover the target from one mixture with a score-based prior learned on public scans."""
 
     name = "bss"
+    headline = "msssim"
+    model: ScoreModel | None = None  # trained once per run, reused (e.g. along the a-curve)
+    report: engine.TrainReport | None = None
     applies_to = ("mixup",)
     observes = "one mixture per test patch (and a, when attack.bss.known_a); public scans for the prior"
 
     def run(self, defense: Defense, task: Task, cfg: RunConfig, *, run_dir: Path,
             progress: bool = True) -> AttackResult:
         bss, device = cfg.attack.bss, engine.resolve_device(cfg.device)
-        model = ScoreModel(bss, device, cfg.train.amp)
-        report = model.fit(task, cfg, workdir=run_dir, progress=progress)
-        mixtures, alphas, targets, references = victim_patches(defense, task, cfg)
+        if self.model is None:
+            self.model = ScoreModel(bss, device, cfg.train.amp)
+            self.report = self.model.fit(task, cfg, workdir=run_dir, progress=progress)
+        model, report = self.model, self.report
+        mixtures, alphas, targets, references, windows = victim_patches(defense, task, cfg)
         assumed = alphas if bss.known_a else torch.full_like(alphas, 0.5)
         levels = model.sigmas[model.sigmas <= bss.start_sigma] if bss.start_sigma > 0 else model.sigmas
         levels = levels if len(levels) else model.sigmas[-1:]
@@ -167,15 +172,18 @@ class BlindSourceSeparation(Attack):
         recovered = torch.maximum(_msssim(x1, targets), _msssim(x2, targets))
         mixture_guess = _msssim(mixtures, targets)
         oracle = _msssim(((mixtures - (1 - _col(alphas)) * references) / _col(alphas)).clamp(0, 1), targets)
+        mean = public_statistics(task)[0][None]
+        template = _msssim(torch.stack([mean[w] for w in windows]), targets)
         inits = [attack(cfg.seed + SEED_OFFSET + 1 + i, count=1) for i in range(bss.n_inits)]
         figures.save_atomic(figures.separation_examples(targets[0], references[0], mixtures[0],
                                                         [(s1[0], s2[0]) for s1, s2 in inits],
                                                         float(alphas[0])), run_dir / FIGURE)
         table = [{"guess": name, "msssim_mean": float(v.mean()), "msssim_std": float(v.std(unbiased=False))}
                  for name, v in (("bss (Langevin separation)", recovered), ("mixture as guess", mixture_guess),
-                                 ("oracle knowing the reference", oracle))]
+                                 ("public mean as guess", template), ("oracle knowing the reference", oracle))]
         metrics = {"msssim": table[0]["msssim_mean"], "msssim_std": table[0]["msssim_std"],
-                   "mixture_msssim": table[1]["msssim_mean"], "oracle_msssim": table[2]["msssim_mean"]}
+                   "mixture_msssim": table[1]["msssim_mean"], "template_msssim": table[2]["msssim_mean"],
+                   "oracle_msssim": table[3]["msssim_mean"]}
         settings = {"known_a": bss.known_a, "n_patches": len(targets), "sigma_1": float(model.sigmas[0]),
                     "num_sigmas": bss.num_sigmas, "sampling_levels": len(levels),
                     "sampling_sigma_start": float(levels[0]), "score_train_seconds": report.seconds,
@@ -186,13 +194,13 @@ class BlindSourceSeparation(Attack):
 def victim_patches(defense: Defense, task: Task, cfg: RunConfig) -> tuple[torch.Tensor, ...]:
     """The harness: ``n_patches`` patches centred on brain voxels of test scans, each scan sent
     with a fresh key. Returns the observed mixtures ``[n,1,p,p,p]`` and weights ``[n]``, and
-    the truth kept for scoring: the targets and the references."""
+    the truth kept for scoring: the targets, the references and each patch's window."""
     p, n = cfg.train.patch_size, cfg.attack.bss.n_patches
     rng = np.random.default_rng(cfg.seed + SEED_OFFSET)
     generator = torch.Generator().manual_seed(cfg.seed + SEED_OFFSET)
     scans = task.scans("test")
     crops: list[list[torch.Tensor]] = [[], [], []]
-    alphas = []
+    alphas, windows = [], []
     for i in range(n):
         image, label = task.load(scans[i % len(scans)])
         key = defense.new_key(generator)
@@ -204,8 +212,9 @@ def victim_patches(defense: Defense, task: Task, cfg: RunConfig) -> tuple[torch.
         for out, volume in zip(crops, (proxy, image, key.ref_image[0])):
             out.append(volume[window])
         alphas.append(key.a)
+        windows.append(window)
     mixtures, targets, references = (torch.stack(c) for c in crops)
-    return mixtures, torch.tensor(alphas), targets, references
+    return mixtures, torch.tensor(alphas), targets, references, windows
 
 
 def _col(a: torch.Tensor) -> torch.Tensor:

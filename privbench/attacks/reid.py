@@ -45,6 +45,7 @@ class Reidentification(Attack):
     """MS-SSIM nearest-neighbour re-identification of the test subjects."""
 
     name = "reid"
+    headline = "f1"
     observes = "every test scan's request to the server (or, with observe=output, its answer)"
 
     def run(self, defense: Defense, task: Task, cfg: RunConfig, *, run_dir: Path,
