@@ -85,7 +85,8 @@ def test_ppmi_dseg_is_reoriented_padded_and_scaled(tmp_path):
     assert np.allclose(np.diag(out.affine)[:3], 4.0)  # RAS, 4 mm
     assert set(label.unique().tolist()) == {0, 1, 2, 3}
     assert 0 <= image.min() and image.max() == pytest.approx(1.0)
-    src_label = np.asarray(nib.load(str(root / scan.subject / scan.session / f"sub-{scan.subject}_dseg.nii.gz")).dataobj)
+    source = root / scan.subject / scan.session / f"sub-{scan.subject}_dseg.nii.gz"
+    src_label = np.asarray(nib.load(str(source)).dataobj)
     # the CSF marker sits at the same place in the world after reorientation and padding
     assert np.allclose(world(LPS_4MM, src_label == 1), world(out.affine, label.numpy() == 1), atol=1e-3)
     # and a voxel axis flipped: the marker near the input's first i index is now near the last

@@ -13,7 +13,7 @@ listed in the card (``data.skipped_scans``).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -40,7 +40,7 @@ class Source:
     session: str
     image: Path | None
     label: Path | None
-    labels: dict[int, int] = field(hash=False)  # label value in the file -> class index
+    labels: dict[int, int]  # label value in the file -> class index
     problem: str = ""  # why the layout could not list both files
 
 
@@ -95,7 +95,8 @@ class LocalTask(Task):
         return {**super().summary(), "skipped_scans": self.skipped}
 
 
-def read_split(path: Path, subjects: list[str], cfg: TaskConfig, left_out: set[str] = frozenset()) -> dict[str, list[str]]:
+def read_split(path: Path, subjects: list[str], cfg: TaskConfig,
+               left_out: set[str] | frozenset[str] = frozenset()) -> dict[str, list[str]]:
     """Roles from a ``subject,role`` CSV; unknown roles or subjects are one-line errors, and
     ``left_out`` subjects (every scan skipped as bad) are dropped from it."""
     try:

@@ -40,7 +40,7 @@ hypointensities. WM: cerebral and cerebellar white matter, brain stem, ventral D
 hypointensities, optic chiasm, corpus callosum. Any other value is an error."""
 
 
-def _one(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+def _matching(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(suffixes))
 
 
@@ -49,7 +49,7 @@ def find_scans(root: Path) -> list[Source]:
     out = []
     for subject in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for session in sorted(p for p in subject.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            images, dsegs, asegs = (_one(session, s) for s in (IMAGE_SUFFIXES, DSEG_SUFFIXES, ASEG_SUFFIXES))
+            images, dsegs, asegs = (_matching(session, s) for s in (IMAGE_SUFFIXES, DSEG_SUFFIXES, ASEG_SUFFIXES))
             problem = ""
             if len(images) != 1:
                 problem = (f"{session}: {'no' if not images else 'more than one'} T1 image "
