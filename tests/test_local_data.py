@@ -5,6 +5,7 @@ import gzip
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from privbench import config
 from privbench.errors import PrivbenchError
@@ -59,7 +60,8 @@ def brats_copy(root, n_subjects=6, seed=0):
         image, label = volume(rng)
         tumor = np.select([label == 1, label == 2, label == 3], [1, 2, 4], 0)
         save(root / name / f"{name}_t1ce.nii.gz", image, np.diag([4.0, 4.0, 4.0, 1.0]))
-        save(root / name / f"{name}_t2.nii.gz", 2 * image, np.diag([4.0, 4.0, 4.0, 1.0]))
+        t2 = np.where(image > 0, 400 - image, 0).astype(np.float32)  # another contrast: CSF bright
+        save(root / name / f"{name}_t2.nii.gz", t2, np.diag([4.0, 4.0, 4.0, 1.0]))
         save(root / name / f"{name}_seg.nii.gz", tumor, np.diag([4.0, 4.0, 4.0, 1.0]))
     return root
 
@@ -232,7 +234,10 @@ def test_brats_labels_modality_and_one_scan_per_subject(tmp_path):
     cfg.attacks = ()
     check_requirements(task, cfg)  # mixup trains on single scans
     t2 = create_task("brats2021", cfg=cfg_for("brats2021", root, tmp_path, spacing=4.0, modality="t2"))
-    assert t2.scans("train")[0].image != scan.image
+    t2_image, t2_label = t2.load(t2.scans("train")[0])
+    assert torch.equal(t2_label, label)  # same labels, the other modality's contrast:
+    assert t2_image[0][label == 1].mean() > t2_image[0][label == 3].mean()  # CSF brighter than WM on T2
+    assert image[0][label == 1].mean() < image[0][label == 3].mean()
     (root / "BraTS2021_00003" / "BraTS2021_00003_seg.nii.gz").unlink()
     with pytest.raises(PrivbenchError, match="BraTS2021_00003_seg.nii.gz: file not found"):
         create_task("brats2021", cfg=cfg)
