@@ -195,8 +195,9 @@ def test_end_to_end_through_the_cli(name, tmp_path):
 def test_a_task_with_one_scan_per_subject_is_refused(name, tmp_path):
     result = runner.invoke(app, ["run", "--preset", "test", "--defense", name, "--set", "task.min_scans=1",
                                  "--set", "task.max_scans=1", "--out", str(tmp_path), "--quiet"])
-    assert result.exit_code == 2 and "at least two train scans each" in result.stderr
+    assert result.exit_code == 2 and f"defense '{name}' needs two or more scans per subject" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert not list(tmp_path.iterdir())  # refused before the run folder was made
 
 
 def test_lambda_counts_in_the_adversarial_defenses_hash_only():
