@@ -1,9 +1,12 @@
-"""One run: task -> defense.fit -> utility evaluation -> card.
+"""One run: task -> defense.fit -> utility evaluation -> attacks (-> a-curve) -> card.
 
-:func:`run` is what ``privbench run`` calls. It checks every name before any work starts,
-creates (or, with ``resume``, reopens) the run folder, trains the defense, lets it evaluate
-itself on the test scans through its client-server protocol (:mod:`privbench.evaluation`), and
-writes per-scan scores, figures and the card.
+:func:`run` is what ``privbench run`` calls. It checks every name, builds the task (bad data
+and unmet requirements stop it here, before anything is written), creates (or, with
+``resume``, reopens) the run folder, trains the defense, lets it evaluate itself on the test
+scans through its client-server protocol (:mod:`privbench.evaluation`), runs the attacks and,
+for mixup with ``mixup.curve``, the utility-privacy curve (:mod:`privbench.curve`), and writes
+per-scan scores, figures and the card. :func:`attack` (``privbench attack``) adds attacks to a
+finished run.
 """
 
 from __future__ import annotations
