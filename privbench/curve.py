@@ -35,8 +35,9 @@ FOLDER = "a_curve"
 SEED_OFFSET = 49979687  # the curve's keys are drawn apart from the evaluation's and the attacks'
 
 
-def dice_at_fixed_a(defense: "MixupPrivacy", task: Task, cfg: RunConfig, a: float) -> dict[str, float]:
-    """Mean test Dice (over classes, then scans) of the four variants when every key has weight ``a``."""
+def variant_dice(defense: "MixupPrivacy", task: Task, cfg: RunConfig) -> dict[str, float]:
+    """Mean test Dice (over classes, then scans) of the four variants on ``mixup.curve_scans``
+    test scans, with keys drawn from the defense's current weight range."""
     generator = torch.Generator().manual_seed(cfg.seed + SEED_OFFSET)
     scores: dict[str, list[float]] = {v: [] for v in ("naive", "naive+tta", "learned", "learned+tta")}
     for scan in task.scans("test")[: cfg.mixup.curve_scans]:
@@ -58,7 +59,7 @@ def utility_privacy_curve(defense: "MixupPrivacy", task: Task, cfg: RunConfig, a
     try:
         for a in cfg.mixup.curve_a:
             defense.eval_range = (a, a)
-            row: dict[str, Any] = {"a": a, **dice_at_fixed_a(defense, task, cfg, a)}
+            row: dict[str, Any] = {"a": a, **variant_dice(defense, task, cfg)}
             folder = run_dir / FOLDER / f"a={a:g}"
             folder.mkdir(parents=True, exist_ok=True)
             for attack in applicable:
