@@ -179,3 +179,37 @@ def test_linkage_applies_to_every_defense(tmp_path):
                                           "--out", str(tmp_path), "--quiet"])
         assert result.exit_code == 0, result.output
         assert "residual correlation on the requests" in result.output
+
+
+def test_the_curve_fixes_a_for_every_request_and_restores_the_range_after(cohort, tmp_path):
+    from types import SimpleNamespace
+
+    from privbench import curve
+    from privbench.mixing import one_hot
+
+    cfg, task = cohort
+    cfg = config.resolve("test", {"mixup.curve_a": (0.2, 0.6), "mixup.curve_scans": 1})
+
+    class PerfectClient:  # returns the truth, and records the weight of every key it draws
+        eval_range, weights = (0.3, 0.7), []
+
+        def new_key(self, generator=None, k=1):
+            self.weights.append(self.eval_range)
+            return SimpleNamespace(a=self.eval_range[0], k=k)
+
+        def encode(self, image, key):
+            return image.expand(key.k, -1, -1, -1, -1)
+
+        def server(self, proxy):
+            return proxy
+
+        def decode(self, mixed, key, unmix):
+            label = task.load(self.scan)[1]
+            return one_hot(label[None].expand(key.k, -1, -1, -1), task.num_classes)
+
+    client = PerfectClient()
+    client.scan = task.scans("test")[0]  # the one scan the curve scores: decode returns its truth
+    result = curve.utility_privacy_curve(client, task, cfg, [], run_dir=tmp_path)
+    assert client.weights == [(0.2, 0.2), (0.6, 0.6)] and client.eval_range == (0.3, 0.7)
+    assert [row["a"] for row in result["rows"]] == [0.2, 0.6]
+    assert all(row[f"dice_{v}"] == 1.0 for row in result["rows"] for v in ("naive", "learned+tta"))
