@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from privbench.config import TaskConfig
 from privbench.errors import PrivbenchError
 
 ROLES = ("train", "test", "reference", "public")
@@ -83,6 +84,30 @@ class Task:
             **{f"{role}_scans": len(scans) for role, scans in self.splits.items()},
             **{f"{role}_subjects": len(self.subjects(role)) for role in self.splits},
         }
+
+
+def split_subjects(subjects: list[str], cfg: TaskConfig) -> dict[str, list[str]]:
+    """Subject-disjoint roles from a seeded shuffle: test, public, train (reference ⊂ train)."""
+    order = list(np.random.default_rng(cfg.cohort_seed + 1).permutation(sorted(subjects)))
+    n_test = max(1, round(cfg.test_fraction * len(order)))
+    n_public = round(cfg.public_fraction * len(order))
+    test, public, train = order[:n_test], order[n_test:n_test + n_public], order[n_test + n_public:]
+    if len(train) < 1:
+        raise PrivbenchError("too few subjects: none left for training; raise task.n_subjects")
+    reference = train[: min(cfg.reference_subjects, len(train))]
+    return {"train": sorted(train), "test": sorted(test), "reference": sorted(reference),
+            "public": sorted(public)}
+
+
+def split_scans(scans: list[Scan], roles: dict[str, list[str]], max_test_scans: int = 0) -> dict[str, list[Scan]]:
+    """Each role's scans, from each role's subjects (``max_test_scans`` > 0 caps the test role)."""
+    by_subject: dict[str, list[Scan]] = {}
+    for scan in scans:
+        by_subject.setdefault(scan.subject, []).append(scan)
+    splits = {role: [s for subj in subjects for s in by_subject[subj]] for role, subjects in roles.items()}
+    if max_test_scans:
+        splits["test"] = splits["test"][:max_test_scans]
+    return splits
 
 
 def read_volume(path: Path) -> np.ndarray:

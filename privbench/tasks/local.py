@@ -23,9 +23,8 @@ from rich.progress import track
 from privbench.config import TaskConfig
 from privbench.errors import PrivbenchError
 from privbench.tasks import preprocess
-from privbench.tasks.base import Scan, Task
+from privbench.tasks.base import Scan, Task, split_scans, split_subjects
 from privbench.tasks.cache import cache_root
-from privbench.tasks.mni import split_scans, split_subjects
 
 log = logging.getLogger("privbench")
 SPLIT_ROLES = ("train", "test", "public")

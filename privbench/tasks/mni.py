@@ -44,7 +44,7 @@ from scipy import ndimage
 from privbench.config import RunConfig, TaskConfig
 from privbench.errors import PrivbenchError
 from privbench.registry import register_task
-from privbench.tasks.base import Scan, Task
+from privbench.tasks.base import Scan, Task, split_scans, split_subjects
 from privbench.tasks.cache import atomic_folder, cache_root, file_sizes, first_damaged
 
 GENERATOR_VERSION = 1  # bump when the generated volumes change
@@ -300,30 +300,6 @@ def read_manifest(folder: Path) -> dict:
         raise PrivbenchError(f"corrupt cohort cache: {damaged} is missing or truncated; "
                              f"delete {folder} to regenerate it")
     return {"scans": scans, **{k: v for k, v in manifest.items() if k != "scans"}}
-
-
-def split_subjects(subjects: list[str], cfg: TaskConfig) -> dict[str, list[str]]:
-    """Subject-disjoint roles from a seeded shuffle: test, public, train (reference ⊂ train)."""
-    order = list(np.random.default_rng(cfg.cohort_seed + 1).permutation(sorted(subjects)))
-    n_test = max(1, round(cfg.test_fraction * len(order)))
-    n_public = round(cfg.public_fraction * len(order))
-    test, public, train = order[:n_test], order[n_test:n_test + n_public], order[n_test + n_public:]
-    if len(train) < 1:
-        raise PrivbenchError("too few subjects: none left for training; raise task.n_subjects")
-    reference = train[: min(cfg.reference_subjects, len(train))]
-    return {"train": sorted(train), "test": sorted(test), "reference": sorted(reference),
-            "public": sorted(public)}
-
-
-def split_scans(scans: list[Scan], roles: dict[str, list[str]], max_test_scans: int = 0) -> dict[str, list[Scan]]:
-    """Each role's scans, from each role's subjects (``max_test_scans`` > 0 caps the test role)."""
-    by_subject: dict[str, list[Scan]] = {}
-    for scan in scans:
-        by_subject.setdefault(scan.subject, []).append(scan)
-    splits = {role: [s for subj in subjects for s in by_subject[subj]] for role, subjects in roles.items()}
-    if max_test_scans:
-        splits["test"] = splits["test"][:max_test_scans]
-    return splits
 
 
 class MniTissueTask(Task):
