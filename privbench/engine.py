@@ -128,8 +128,8 @@ class PatchSampler:
             raise PrivbenchError(f"task {task.name!r} has no {role} scans")
         self.volumes = [task.arrays(scan) for scan in self.scans]  # memory-mapped, not copied
         self.patch_size, self.batch_size, self.seed = patch_size, batch_size, seed
-        self.references, self.foreground = references, foreground
-        self.picker = ForegroundPicker([label for _, label in self.volumes], patch_size)
+        self.references = references
+        self.picker = ForegroundPicker([label for _, label in self.volumes], patch_size, foreground)
 
     def batch(self, iteration: int) -> Batch:
         rng = np.random.default_rng([self.seed, iteration])
@@ -137,10 +137,7 @@ class PatchSampler:
         images, labels, subjects, ref_images, ref_labels = [], [], [], [], []
         for index in rng.integers(len(self.volumes), size=self.batch_size):
             image, label = self.volumes[index]
-            if self.foreground and rng.random() < self.foreground:
-                start = self.picker.start(int(index), rng)
-            else:
-                start = random_start(rng, label.shape, self.patch_size)
+            start = self.picker.corner(int(index), rng)
             images.append(crop_patch(image, start, self.patch_size)[None])
             labels.append(crop_patch(label, start, self.patch_size, torch.int64))
             subjects.append(self.scans[index].subject)
@@ -162,13 +159,20 @@ class PatchSampler:
 
 
 class ForegroundPicker:
-    """Patch corners around foreground voxels of label volumes: a random foreground class
-    present in the volume, a random voxel of it at the patch's centre (moved inward where the
-    patch would leave the volume). Each volume's voxel lists are found once, on first use."""
+    """Patch corners in label volumes: uniform, except that a ``share`` of them lies around a
+    foreground voxel (a random foreground class present in the volume, a random voxel of it at
+    the patch's centre, moved inward where the patch would leave the volume). Each volume's
+    voxel lists are found once, on first use; with ``share`` 0 no extra random number is drawn."""
 
-    def __init__(self, labels: list[np.ndarray], patch_size: int):
-        self.labels, self.patch_size = labels, patch_size
+    def __init__(self, labels: list[np.ndarray], patch_size: int, share: float = 0.0):
+        self.labels, self.patch_size, self.share = labels, patch_size, share
         self._voxels: dict[int, list[np.ndarray]] = {}
+
+    def corner(self, index: int, rng: np.random.Generator) -> list[int]:
+        """A patch corner in volume ``index``: around the foreground with probability ``share``."""
+        if self.share and rng.random() < self.share:
+            return self.start(index, rng)
+        return random_start(rng, self.labels[index].shape, self.patch_size)
 
     def start(self, index: int, rng: np.random.Generator) -> list[int]:
         """The corner of a patch of volume ``index`` (uniform if it holds only background)."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from privbench.engine import ForegroundPicker, crop_patch, random_start
+from privbench.engine import ForegroundPicker, crop_patch
 from privbench.errors import PrivbenchError
 from privbench.tasks.base import Task
 
@@ -57,8 +57,7 @@ class PairSampler:
         self.groups = list(by_subject.values())
         self.volumes = [task.arrays(scan) for scan in scans]  # memory-mapped images and labels
         self.patch_size, self.batch_size, self.seed, self.margin = patch_size, batch_size, seed, margin
-        self.foreground = foreground
-        self.picker = ForegroundPicker([label for _, label in self.volumes], patch_size)
+        self.picker = ForegroundPicker([label for _, label in self.volumes], patch_size, foreground)
 
     def batch(self, iteration: int) -> PairBatch:
         rng = np.random.default_rng([self.seed, iteration])
@@ -72,10 +71,7 @@ class PairSampler:
             else:
                 g1, g2 = rng.choice(len(self.groups), size=2, replace=False)
                 i, j = rng.choice(self.groups[g1]), rng.choice(self.groups[g2])
-            if self.foreground and rng.random() < self.foreground:
-                start = self.picker.start(int(i), rng)
-            else:
-                start = random_start(rng, self.volumes[i][1].shape, self.patch_size)
+            start = self.picker.corner(int(i), rng)
             start, size = [s - self.margin for s in start], self.patch_size + 2 * self.margin
             for side, index in enumerate((i, j)):
                 image, label = self.volumes[index]

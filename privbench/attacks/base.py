@@ -36,11 +36,13 @@ class Observation:
 @dataclass
 class Truth:
     """What the harness knows and the attacker does not: per request, the subject and session
-    of the scan it carries, and the clean image ``[1,1,D,H,W]`` (for calibration baselines)."""
+    of the scan it carries, the clean image ``[1,1,D,H,W]`` (for calibration baselines) and the
+    key's mixing weight (None for keys without one)."""
 
     subjects: list[str]
     sessions: list[str]
     images: list[torch.Tensor]
+    weights: list[float | None]
 
 
 @dataclass
@@ -73,22 +75,25 @@ class Attack(abc.ABC):
         """Observe the defense on the task's test scans, attack, score against the truth."""
 
 
-def observe_test_scans(defense: Defense, task: Task, *, seed: int,
-                       outputs: bool = False) -> tuple[Observation, Truth]:
-    """Encode every test scan with a fresh key, as a client would; optionally send each proxy to
-    the server. Returns the attacker's view and, separately, the truth for scoring."""
+def observe_test_scans(defense: Defense, task: Task, *, seed: int, outputs: bool = False,
+                       k: int = 1) -> tuple[Observation, Truth]:
+    """Encode every test scan with a fresh key, as a client would (``k`` > 1: a reference-TTA
+    key of k references, so one request holds k mixtures); optionally send each proxy to the
+    server. Returns the attacker's view and, separately, the truth for scoring."""
     generator = torch.Generator().manual_seed(seed)
-    proxies, returned, subjects, sessions, images = [], [], [], [], []
+    proxies, returned, subjects, sessions, images, weights = [], [], [], [], [], []
     for scan in task.scans("test"):
         image = task.load(scan)[0][None]
         images.append(image)
-        proxy = defense.encode(image, defense.new_key(generator))
+        key = defense.new_key(generator) if k == 1 else defense.new_key(generator, k=k)
+        proxy = defense.encode(image, key)
         proxies.append(proxy)
         if outputs:
             returned.append(defense.server(proxy))
         subjects.append(scan.subject)
         sessions.append(scan.session)
-    return Observation(proxies, returned if outputs else None), Truth(subjects, sessions, images)
+        weights.append(getattr(key, "a", None))
+    return Observation(proxies, returned if outputs else None), Truth(subjects, sessions, images, weights)
 
 
 def public_statistics(task: Task) -> tuple[torch.Tensor, torch.Tensor]:

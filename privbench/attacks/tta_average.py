@@ -27,7 +27,7 @@ import torch
 
 from privbench import card as cards
 from privbench import figures
-from privbench.attacks.base import Attack, AttackResult
+from privbench.attacks.base import Attack, AttackResult, observe_test_scans
 from privbench.attacks.linkage import Gallery, build_gallery, link
 from privbench.config import RunConfig
 from privbench.defenses.base import Defense
@@ -74,8 +74,9 @@ class TtaAverage(Attack):
         pool = len(task.scans("reference"))
         ks = sorted(k for k in {*settings.ks, cfg.mixup.tta} if k <= pool)
         gallery = build_gallery(task)
-        requests, truth_a, subjects, sessions, targets = observe_tta_requests(defense, task, max(ks),
-                                                                               seed=cfg.seed + SEED_OFFSET)
+        seen, truth = observe_test_scans(defense, task, seed=cfg.seed + SEED_OFFSET, k=max(ks))
+        requests, truth_a, subjects, sessions = seen.proxies, truth.weights, truth.subjects, truth.sessions
+        targets = torch.cat(truth.images)
         inside = gallery.mean > 0
         rows = []
         for k in ks:  # the attacker's work: mixtures and public statistics in, targets out
@@ -101,22 +102,6 @@ class TtaAverage(Attack):
         return AttackResult(metrics, "tta-average", summary.to_dict(orient="records"), {"csv": CSV, "figure": PNG},
                             {"ks": ks, "skipped_ks": sorted(k for k in settings.ks if k > pool),
                              "reference_pool": pool, "prior_a": settings.prior_a, "n_requests": len(requests)})
-
-
-def observe_tta_requests(defense: Defense, task: Task, k: int, *, seed: int):
-    """The harness: one TTA request of ``k`` mixtures per test scan, each with a fresh key. The
-    attacker gets the requests; the weights, subjects, sessions and targets are kept to score."""
-    generator = torch.Generator().manual_seed(seed)
-    requests, weights, subjects, sessions, targets = [], [], [], [], []
-    for scan in task.scans("test"):
-        image = task.load(scan)[0][None]
-        key = defense.new_key(generator, k=k)
-        requests.append(defense.encode(image, key))
-        weights.append(key.a)
-        subjects.append(scan.subject)
-        sessions.append(scan.session)
-        targets.append(image)
-    return requests, weights, subjects, sessions, torch.cat(targets)
 
 
 def _scores(prefix: str, guesses: torch.Tensor, targets: torch.Tensor, subjects: list[str],
