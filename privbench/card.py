@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from privbench import finite
 from privbench.errors import PrivbenchError
 
 CARD = "card.json"
@@ -30,8 +31,10 @@ LIBRARIES = ("privbench", "torch", "monai", "numpy", "scipy", "nibabel", "nilear
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` through a temporary file renamed into place."""
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """Write JSON to ``path`` through a temporary file renamed into place; a NaN or infinite
+    number (which JSON cannot hold) raises :class:`~privbench.errors.NonFiniteError` instead."""
+    finite.require(data, f"refusing to write {path}")
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def write_text_atomic(path: Path, text: str) -> None:

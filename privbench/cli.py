@@ -19,7 +19,7 @@ from rich.table import Table
 from privbench import config as configs
 from privbench import leaderboard as boards
 from privbench import runner
-from privbench.errors import PrivbenchError
+from privbench.errors import Interrupted, NonFiniteError, PrivbenchError
 from privbench.registry import REGISTRIES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -34,21 +34,29 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for
     _state["debug"] = debug
 
 
+EXIT_USER_ERROR, EXIT_NON_FINITE, EXIT_INTERRUPTED = 2, 3, 130
+
+
 def _friendly(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn user errors into one line on stderr and exit code 2 (unless --debug)."""
+    """Turn errors a user can meet into one line on stderr (unless --debug): exit code 2 for
+    bad input, 3 for a run stopped by a NaN or infinite number, 130 for Ctrl-C."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except Interrupted as exc:
+            errors.print(str(exc), highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         except PrivbenchError as exc:
             if _state["debug"]:
                 raise
             errors.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            code = EXIT_NON_FINITE if isinstance(exc, NonFiniteError) else EXIT_USER_ERROR
+            raise typer.Exit(code) from None
         except KeyboardInterrupt:
-            errors.print("interrupted; continue with the same command and --resume")
-            raise typer.Exit(130) from None
+            errors.print("interrupted; nothing was written (no run folder was created)")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper
 
@@ -93,11 +101,13 @@ def _print_card(result: runner.RunResult) -> None:
     for name in classes + ["mean"]:
         table.add_column(f"Dice {name}", justify="right")
     for entry in card["utility"]:
-        table.add_row(entry["variant"], *(f"{entry['dice'][c]:.3f}" for c in classes + ["mean"]))
+        table.add_row(entry["variant"], *(_cell(entry["dice"][c]) if entry["dice"][c] is not None
+                                          else "n/a" for c in classes + ["mean"]))
     console.print(table)
     t = card["timings"]
     console.print(f"training {t['train_seconds']:.0f} s ({t['train_it_per_s']:.2f} it/s), "
-                  f"inference {t['infer_seconds_per_volume']:.2f} s/volume on {card['device']['type']}")
+                  f"inference {t['infer_seconds_per_volume']:.2f} s/volume on {card['device']['type']}"
+                  + (f" in {card['precision']['dtype']}" if "precision" in card else ""))
     if "tta_seconds_per_volume" in t:
         console.print(f"reference TTA with K={t['tta_k']}: {t['tta_seconds_per_volume']:.2f} s/volume")
     for unmix, classes_icc in card.get("test_retest", {}).items():

@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -299,26 +300,43 @@ def _parse(key: str, value: Any, kind: Any) -> Any:
         if typing.get_origin(kind) is tuple:
             items = value.strip("()[] ").split(",") if isinstance(value, str) else value
             item = typing.get_args(kind)[0]
-            return tuple(item(str(v).strip()) for v in items if str(v).strip())
+            return tuple(_finite(item(str(v).strip())) for v in items if str(v).strip())
         if isinstance(value, str):
-            return _BOOLS[value.lower()] if kind is bool else kind(value)
+            return _BOOLS[value.lower()] if kind is bool else _finite(kind(value))
         if kind is bool and isinstance(value, bool):
             return value
         if kind in (int, float) and not isinstance(value, bool):
             if kind is int and not float(value).is_integer():
                 raise ValueError
-            return kind(value)
-    except (KeyError, TypeError, ValueError):
+            return _finite(kind(value))
+    except (KeyError, TypeError, ValueError, OverflowError):
         pass
     origin = typing.get_origin(kind) is tuple
     name = f"comma-separated {typing.get_args(kind)[0].__name__}s" if origin else kind.__name__
-    raise PrivbenchError(f"bad value for {key}: {value!r} is not a valid {name}")
+    raise PrivbenchError(f"bad value for {key}: {value!r} is not a valid {name}"
+                         + (" (finite)" if name.endswith(("float", "floats")) else ""))
+
+
+def _finite(value: Any) -> Any:
+    """``value`` itself, unless it is a NaN or infinite float (never a valid setting)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(value)
+    return value
+
+
+SEED_LIMIT = 2**32  # numpy's global seed takes [0, 2**32)
+MAX_WEIGHT = 1e3  # loss weights and the like: beyond this a setting is a typo, not an experiment
+MAX_MM = 240  # millimetres: the largest field of view of a task (BraTS)
+MAX_SIGMA = 100.0  # noise levels of the score model, in units of image intensity ([0, 1])
 
 
 def validate(cfg: RunConfig) -> None:
-    """Reject values that cannot work, with the key that is wrong."""
+    """Reject values that cannot work, with the key that is wrong. Every float setting is
+    finite (:func:`_parse`) and bounded on both sides here."""
     checks = [
         (cfg.task.spacing in (1.0, 2.0, 4.0), "task.spacing must be 1, 2 or 4 (mm)"),
+        (0 <= cfg.seed < SEED_LIMIT, f"seed must be in [0, {SEED_LIMIT - 1}]"),
+        (0 <= cfg.task.cohort_seed < SEED_LIMIT, f"task.cohort_seed must be in [0, {SEED_LIMIT - 1}]"),
         (cfg.task.n_subjects >= 4, "task.n_subjects must be at least 4"),
         (1 <= cfg.task.min_scans <= cfg.task.max_scans, "task.min_scans must be >= 1 and <= task.max_scans"),
         (0 < cfg.task.test_fraction < 1, "task.test_fraction must be in (0, 1)"),
@@ -330,7 +348,7 @@ def validate(cfg: RunConfig) -> None:
         (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
         (cfg.train.patch_size >= 32 and cfg.train.patch_size % 16 == 0,
          "train.patch_size must be a multiple of 16 and at least 32 (U-Net++ downsamples 4 times)"),
-        (cfg.train.lr > 0, "train.lr must be > 0"),
+        (0 < cfg.train.lr <= 1, "train.lr must be in (0, 1]"),
         (cfg.train.lr_schedule in ("constant", "poly"), "train.lr_schedule must be constant or poly"),
         (0 <= cfg.train.foreground_fraction <= 1, "train.foreground_fraction must be in [0, 1]"),
         (cfg.task.on_bad_scan in ("error", "skip"), "task.on_bad_scan must be error or skip"),
@@ -343,34 +361,37 @@ def validate(cfg: RunConfig) -> None:
         (0 <= cfg.mixup.a_min <= cfg.mixup.a_max <= 1, "mixup.a_min <= mixup.a_max must lie in [0, 1]"),
         (0 < cfg.mixup.eval_a_min <= cfg.mixup.eval_a_max <= 1,
          "mixup.eval_a_min <= mixup.eval_a_max must lie in (0, 1]"),
-        (cfg.mixup.seg_weight >= 0 and cfg.mixup.unmix_weight >= 0, "mixup loss weights must be >= 0"),
+        (0 <= cfg.mixup.seg_weight <= MAX_WEIGHT and 0 <= cfg.mixup.unmix_weight <= MAX_WEIGHT,
+         f"mixup.seg_weight and mixup.unmix_weight must be in [0, {MAX_WEIGHT:g}]"),
         (cfg.mixup.unmix_features >= 1, "mixup.unmix_features must be >= 1"),
         (1 <= cfg.mixup.tta <= cfg.mixup.tta_max and cfg.mixup.tta_max >= 2,
          "mixup.tta must be >= 1 and <= mixup.tta_max, and mixup.tta_max >= 2 (test-retest)"),
         (len(cfg.mixup.curve_a) >= 1 and all(0 < a <= 1 for a in cfg.mixup.curve_a) and cfg.mixup.curve_scans >= 1,
          "mixup.curve_a must be weights in (0, 1] and mixup.curve_scans >= 1"),
-        (cfg.adversary.weight >= 0, "adversary.weight (lambda) must be >= 0"),
+        (0 <= cfg.adversary.weight <= MAX_WEIGHT, f"adversary.weight (lambda) must be in [0, {MAX_WEIGHT:g}]"),
         (len(cfg.adversary.features) >= 1 and min(cfg.adversary.features) >= 1
          and cfg.train.patch_size % 2 ** len(cfg.adversary.features) == 0,
          "adversary.features must be positive ints, one block per halving of train.patch_size"),
         (len(cfg.privacy_net.encoder_features) == 6 and min(cfg.privacy_net.encoder_features) >= 1,
          "privacy_net.encoder_features must be 6 positive ints (BasicUNet)"),
-        (cfg.deformation.max_velocity_mm >= 0 and cfg.deformation.control_spacing_mm > 0,
-         "deformation.max_velocity_mm must be >= 0 and deformation.control_spacing_mm > 0"),
+        (0 <= cfg.deformation.max_velocity_mm <= MAX_MM, f"deformation.max_velocity_mm must be in [0, {MAX_MM}]"),
+        (cfg.task.spacing <= cfg.deformation.control_spacing_mm <= MAX_MM,
+         f"deformation.control_spacing_mm must be in [task.spacing, {MAX_MM}]"),
         (min(cfg.deformation.noise_channels, cfg.deformation.generator_features,
              cfg.deformation.integration_steps) >= 1,
          "deformation.noise_channels, generator_features and integration_steps must be >= 1"),
         (cfg.attack.reid.observe in ("proxy", "output"), "attack.reid.observe must be proxy or output"),
-        (cfg.attack.bss.iterations >= 0 and cfg.attack.bss.batch_size >= 1 and cfg.attack.bss.lr > 0,
-         "attack.bss.iterations must be >= 0, batch_size >= 1 and lr > 0"),
+        (cfg.attack.bss.iterations >= 0 and cfg.attack.bss.batch_size >= 1 and 0 < cfg.attack.bss.lr <= 1,
+         "attack.bss.iterations must be >= 0, batch_size >= 1 and lr in (0, 1]"),
         (len(cfg.attack.bss.features) == 6 and min(cfg.attack.bss.features) >= 1,
          "attack.bss.features must be 6 positive ints (BasicUNetPlusPlus)"),
-        (cfg.attack.bss.num_sigmas >= 2 and cfg.attack.bss.sigma_min > 0, "attack.bss.num_sigmas must be "
-         ">= 2 and attack.bss.sigma_min > 0"),
+        (cfg.attack.bss.num_sigmas >= 2 and 0 < cfg.attack.bss.sigma_min <= 1, "attack.bss.num_sigmas must be "
+         ">= 2 and attack.bss.sigma_min in (0, 1]"),
         (0 <= cfg.attack.bss.ema < 1, "attack.bss.ema must be in [0, 1)"),
-        (cfg.attack.bss.steps_per_level >= 1 and cfg.attack.bss.step_lr > 0 and cfg.attack.bss.gamma_scale > 0,
-         "attack.bss.steps_per_level must be >= 1, step_lr > 0 and gamma_scale > 0"),
-        (cfg.attack.bss.start_sigma >= 0, "attack.bss.start_sigma must be >= 0"),
+        (cfg.attack.bss.steps_per_level >= 1 and 0 < cfg.attack.bss.step_lr <= 1
+         and 0 < cfg.attack.bss.gamma_scale <= MAX_WEIGHT,
+         f"attack.bss.steps_per_level must be >= 1, step_lr in (0, 1] and gamma_scale in (0, {MAX_WEIGHT:g}]"),
+        (0 <= cfg.attack.bss.start_sigma <= MAX_SIGMA, f"attack.bss.start_sigma must be in [0, {MAX_SIGMA}]"),
         (cfg.attack.bss.n_patches >= 1 and cfg.attack.bss.n_inits >= 1,
          "attack.bss.n_patches and attack.bss.n_inits must be >= 1"),
         (len(cfg.attack.tta_average.ks) >= 1 and min(cfg.attack.tta_average.ks) >= 1,

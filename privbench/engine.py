@@ -6,15 +6,18 @@
   progress bar, a log line every few percent, and a checkpoint every ``checkpoint_every``
   iterations; if the work folder already holds a checkpoint, training resumes from it.
 - :func:`sliding_window_predict` turns a patch network into full-volume class probabilities
-  with MONAI's sliding-window inference (bfloat16 autocast when AMP is on and the device has
-  native bfloat16: CUDA, or a CPU with AMX / AVX512-BF16).
+  with MONAI's sliding-window inference (bfloat16 autocast where :mod:`privbench.precision`
+  allows it: CUDA, or a CPU whose native bfloat16 passed its self-test).
+- Training stops at the first non-finite loss, weight or gradient (:class:`NonFiniteError`),
+  keeping the last good checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
+import math
+import pickle
 import os
 import random
 import time
@@ -27,8 +30,9 @@ import torch
 from monai.inferers import sliding_window_inference
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from privbench import finite, precision
 from privbench.config import EvalConfig, TrainConfig
-from privbench.errors import PrivbenchError
+from privbench.errors import NonFiniteError, PrivbenchError
 from privbench.tasks.base import Task
 
 log = logging.getLogger("privbench")
@@ -54,28 +58,14 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 
 
 def amp_active(device: torch.device, requested: bool = True) -> bool:
-    """Whether bfloat16 autocast runs: on CUDA when requested, and on a CPU only when it has
-    native bfloat16 units (AMX or AVX512-BF16), where it is about twice as fast as float32;
-    elsewhere emulated bfloat16 would be slower, so float32 is kept."""
-    if not requested:
-        return False
-    if device.type == "cuda":
-        return True
-    return device.type == "cpu" and _cpu_has_native_bfloat16()
-
-
-@functools.lru_cache(maxsize=1)
-def _cpu_has_native_bfloat16() -> bool:
-    native = (getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-              or getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
-    return bool(native) and torch.backends.mkldnn.is_available()
+    """Whether bfloat16 autocast runs on ``device`` (:func:`privbench.precision.choose`): on CUDA
+    when requested, on a CPU only where native bfloat16 passed its self-test; else float32."""
+    return precision.choose(device, requested).autocast
 
 
 def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
     """bfloat16 autocast where :func:`amp_active` says so; otherwise a no-op."""
-    if amp_active(device, enabled):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return precision.autocast(precision.choose(device, enabled), device)
 
 
 def learning_rate(cfg: TrainConfig, iteration: int) -> float:
@@ -234,7 +224,10 @@ def train(step: Step, sampler: Sampler, cfg: TrainConfig, *, state: dict[str, An
 
     ``state`` maps names to modules and optimizers (anything with ``state_dict``): they are
     saved to ``workdir/<checkpoint>`` every ``cfg.checkpoint_every`` iterations and at the end,
-    and restored from it first when it exists. ``step`` does the update and returns its losses.
+    and restored from it first when it exists (a finished checkpoint is only read: restoring
+    writes nothing). ``step`` does the update and returns its losses. A non-finite loss, or
+    non-finite weights before a save, stop training with :class:`NonFiniteError`; the last
+    checkpoint written, which was checked, stays as it is.
     """
     start = load_checkpoint(workdir, state, checkpoint) if workdir else 0
     if start:
@@ -247,16 +240,51 @@ def train(step: Step, sampler: Sampler, cfg: TrainConfig, *, state: dict[str, An
         for iteration in range(start, cfg.iterations):
             losses = step(sampler.batch(iteration).to(device), iteration)
             done = iteration + 1
+            if not all(math.isfinite(v) for v in losses.values()):
+                _stop(name, done, losses, state, cfg, device, workdir, checkpoint)
             rate = (done - start) / (time.perf_counter() - began)
             text = " ".join(f"{k} {v:.4f}" for k, v in losses.items())
             bar.update(task, completed=done, info=f"{text} | {rate:.2f} it/s")
             if done % every == 0 or done == cfg.iterations:
                 log.info("%s iter %d/%d %s %.2f it/s", name, done, cfg.iterations, text, rate)
             if workdir and done % cfg.checkpoint_every == 0 and done < cfg.iterations:
+                if non_finite_parts(state):
+                    _stop(name, done, losses, state, cfg, device, workdir, checkpoint)
                 save_checkpoint(workdir, state, done, checkpoint)
-    if workdir:
-        save_checkpoint(workdir, state, max(start, cfg.iterations), checkpoint)
+    if start < cfg.iterations and non_finite_parts(state):
+        _stop(name, cfg.iterations, losses, state, cfg, device, workdir, checkpoint)
+    if workdir and start < cfg.iterations:
+        save_checkpoint(workdir, state, cfg.iterations, checkpoint)
     return TrainReport(cfg.iterations, start, time.perf_counter() - began, losses)
+
+
+def non_finite_parts(state: dict[str, Any]) -> list[str]:
+    """The networks of ``state`` holding a NaN or infinite weight or gradient, e.g.
+    ``["weights of net", "gradients of net"]``."""
+    found = []
+    for key, obj in state.items():
+        if not isinstance(obj, torch.nn.Module):
+            continue
+        params = [p.detach() for p in obj.parameters()]
+        grads = [p.grad.detach() for p in obj.parameters() if p.grad is not None]
+        for what, tensors in (("weights", params), ("gradients", grads)):
+            if tensors and not all(bool(torch.isfinite(t).all()) for t in tensors):
+                found.append(f"{what} of {key}")
+    return found
+
+
+def _stop(name: str, iteration: int, losses: dict[str, float], state: dict[str, Any], cfg: TrainConfig,
+          device: torch.device, workdir: Path | None, checkpoint: str) -> None:
+    """Raise :class:`NonFiniteError` naming the iteration, what went non-finite, the precision
+    and the checkpoint that is kept."""
+    bad = [f"loss {k} = {v}" for k, v in losses.items() if not math.isfinite(v)] + non_finite_parts(state)
+    kept = "no checkpoint was written"
+    if workdir and (workdir / checkpoint).exists():
+        kept = f"the last good checkpoint (iteration {checkpoint_iteration(workdir, checkpoint)}) is kept in {workdir}"
+    chosen = precision.choose(device, cfg.amp)
+    hint = "; try --set train.amp=false" if chosen.autocast else "; try a lower train.lr"
+    raise NonFiniteError(f"{name} training stopped at iteration {iteration}: non-finite {', '.join(bad)} "
+                         f"(precision {chosen.dtype}); {kept}; no card was written{hint}")
 
 
 @contextlib.contextmanager
@@ -275,26 +303,50 @@ def save_checkpoint(workdir: Path, state: dict[str, Any], iteration: int, name: 
     os.replace(tmp, workdir / name)
 
 
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's payload (``iteration`` and ``state``), loaded with ``weights_only=True``.
+
+    A missing, damaged or truncated file, one holding objects other than tensors and numbers
+    (a pickle that could run code: refused, never loaded), or a foreign one, raise
+    :class:`PrivbenchError` saying which."""
+    if not path.is_file():
+        raise PrivbenchError(f"{path}: no checkpoint there")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise PrivbenchError(f"{path}: refused, it holds objects other than tensors and numbers "
+                             f"(loading it could run code); privbench never loads such a file") from exc
+    except Exception as exc:  # noqa: BLE001  (zip, I/O and format errors of a damaged file)
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PrivbenchError(f"{path}: damaged or truncated checkpoint ({reason})") from exc
+    if not (isinstance(payload, dict) and isinstance(payload.get("iteration"), int)
+            and isinstance(payload.get("state"), dict)):
+        raise PrivbenchError(f"{path}: not a privbench checkpoint")
+    return payload
+
+
 def checkpoint_iteration(workdir: Path, name: str = CHECKPOINT) -> int:
     """The iteration a checkpoint in ``workdir`` was saved at (0 if there is none or it is unreadable)."""
     try:
-        return int(torch.load(workdir / name, map_location="cpu", weights_only=True)["iteration"])
-    except Exception:  # noqa: BLE001  (missing or damaged: nothing to restore)
+        return read_checkpoint(workdir / name)["iteration"]
+    except PrivbenchError:
         return 0
 
 
 def load_checkpoint(workdir: Path, state: dict[str, Any], name: str = CHECKPOINT) -> int:
-    """Restore ``state`` from ``workdir/<name>``; return its iteration (0 if none)."""
+    """Restore ``state`` from ``workdir/<name>``; return its iteration (0 if there is none).
+    A checkpoint that cannot be read or does not fit ``state`` is the user's to remove."""
     path = workdir / name
     if not path.exists():
         return 0
+    payload = read_checkpoint(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
         for key, obj in state.items():
             obj.load_state_dict(payload["state"][key])
-        return int(payload["iteration"])
-    except Exception as exc:  # a damaged or foreign checkpoint is the user's to remove
-        raise PrivbenchError(f"cannot resume from {path}: {exc}") from exc
+    except (KeyError, RuntimeError, ValueError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PrivbenchError(f"{path}: does not fit this run's networks ({reason})") from exc
+    return payload["iteration"]
 
 
 @torch.no_grad()
@@ -321,4 +373,6 @@ def sliding_window_predict(net: Callable[[torch.Tensor], torch.Tensor], volume: 
         logits = sliding_window_inference(folded, (patch_size,) * 3, windows_per_call, all_volumes,
                                           overlap=cfg.sw_overlap, mode="gaussian")
     outputs = logits.reshape(b, -1, *logits.shape[2:]).float()
+    finite.require_tensor(outputs, f"a network's output over whole volumes "
+                                   f"(precision {precision.choose(device, amp).dtype})")
     return torch.softmax(outputs, dim=1) if softmax else outputs

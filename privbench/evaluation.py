@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from privbench import card as cards
-from privbench import figures
+from privbench import figures, finite
 from privbench.config import RunConfig
 from privbench.errors import PrivbenchError
 from privbench.metrics import dice, icc
@@ -78,12 +78,13 @@ def evaluate_default(defense: "Defense", task: Task, cfg: RunConfig, *, run_dir:
 def summarise(per_scan: pd.DataFrame, classes: tuple[str, ...], variant: str) -> dict[str, Any]:
     """Mean and standard deviation over scans of each class's Dice, and their mean."""
     table = per_scan[list(classes)]
-    means = {c: float(np.nanmean(table[c])) for c in classes}
+    scored = [c for c in classes if table[c].notna().any()]  # a class absent from every scan: None
+    means = {c: float(np.nanmean(table[c])) if c in scored else None for c in classes}
     return {
         "variant": variant,
         "n_scans": int(len(table)),
-        "dice": {**means, "mean": float(np.mean(list(means.values())))},
-        "dice_std": {c: float(np.nanstd(table[c])) for c in classes},
+        "dice": {**means, "mean": float(np.mean([means[c] for c in scored])) if scored else None},
+        "dice_std": {c: float(np.nanstd(table[c])) if c in scored else None for c in classes},
     }
 
 
@@ -137,7 +138,8 @@ def evaluate_mixup(defense: "MixupPrivacy", task: Task, cfg: RunConfig, *, run_d
         sections={
             "mixup": {"eval_a_range": [m.eval_a_min, m.eval_a_max], "tta": m.tta, "tta_max": m.tta_max,
                       "a_mean": float(curve.a.mean()), "reference_pool_scans": len(defense.pool)},
-            "tta_curve": table.to_dict(orient="records"),
+            "tta_curve": [{k: finite.none_if_nan(v) for k, v in row.items()}
+                          for row in table.to_dict(orient="records")],
             "test_retest": {u: retest_icc(np.concatenate(r), classes) for u, r in retest.items()},
         },
         files={"tta_curve_csv": TTA_CURVE_CSV, "tta_curve_png": TTA_CURVE_PNG, "examples_png": EXAMPLES_PNG},

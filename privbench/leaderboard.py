@@ -55,8 +55,12 @@ def collect(root: str | Path) -> Leaderboard:
     for path in sorted(root.rglob(CARD)):
         try:
             rows += card_rows(read_card(path))
-        except (PrivbenchError, KeyError, TypeError) as exc:
-            unreadable.append((path, str(exc) if isinstance(exc, PrivbenchError) else f"missing {exc}"))
+        except PrivbenchError as exc:
+            unreadable.append((path, str(exc)))
+        except KeyError as exc:
+            unreadable.append((path, f"malformed card: missing {exc}"))
+        except (TypeError, AttributeError, ValueError) as exc:  # a field of the wrong type
+            unreadable.append((path, f"malformed card: {exc}"))
     table = pd.DataFrame(rows)
     if not table.empty:
         metrics = sorted(c for c in table.columns if c not in ID_COLUMNS + TAIL_COLUMNS)
@@ -80,7 +84,7 @@ def to_markdown(table: pd.DataFrame, digits: int = 3) -> str:
     def cell(value: Any) -> str:
         if isinstance(value, float):
             return "" if math.isnan(value) else f"{value:.{digits}f}"
-        return str(value)
+        return "" if value is None else str(value)
 
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]

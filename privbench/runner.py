@@ -13,23 +13,25 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from privbench import card as cards
 from privbench.attacks.base import Attack, card_entry
-from privbench import engine
+from privbench import engine, finite, precision, resources
 from privbench.config import RunConfig, config_hash, from_dict, to_dict
 from privbench.curve import utility_privacy_curve
 from privbench.defenses.base import Defense
-from privbench.errors import PrivbenchError
+from privbench.errors import Interrupted, NonFiniteError, PrivbenchError
 from privbench.evaluation import PER_SCAN
-from privbench.tasks.base import REPEATED_SCANS, Task
+from privbench.tasks.base import PUBLIC_POOL, REPEATED_SCANS, Task
 from privbench.registry import ATTACKS, DEFENSES, TASKS, create_attack, create_defense, create_task
 
 log = logging.getLogger("privbench")
+T = TypeVar("T")
 
 
 @dataclass
@@ -45,13 +47,17 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
     """Train and evaluate ``cfg.defense`` on ``cfg.task``; write and return the result card.
 
     With ``resume``, the newest unfinished run of the same config hash under ``out`` is
-    continued from its last checkpoint (an error if there is none).
+    continued from its last checkpoint (an error if there is none). Everything that can be
+    checked before training (names, memory, data, the components' requirements) is checked
+    before the run folder exists. A NaN or infinite loss, prediction or score stops the run
+    with :class:`~privbench.errors.NonFiniteError` and no card.
     """
     TASKS.get(cfg.task.name)  # unknown names fail before any work is done
     DEFENSES.get(cfg.defense)
     for name in cfg.attacks:
         ATTACKS.get(name)
     device = engine.resolve_device(cfg.device)
+    resources.check_fits(cfg, device)
     digest = config_hash(cfg)
     run_dir = cards.find_resumable(Path(out), cfg.task.name, cfg.defense, digest) if resume else None
     if resume and run_dir is None:
@@ -60,30 +66,34 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
     began = time.perf_counter()
     task = create_task(cfg.task.name, cfg=cfg)  # bad data stops the run before its folder exists
     data_seconds = time.perf_counter() - began
-    check_requirements(task, cfg)
+    defense: Defense = create_defense(cfg.defense)
+    attackers = [create_attack(name) for name in cfg.attacks]
+    check_requirements(task, cfg, defense)
+    chosen = precision.choose(device, cfg.train.amp)
     if run_dir is None:
         run_dir = cards.new_run_dir(Path(out), cfg.task.name, cfg.defense, digest)
     config = to_dict(cfg)
-    cards.write_json_atomic(run_dir / cards.CONFIG, {"config": config, "config_hash": digest})
-    with _log_to(run_dir / "run.log"):
+    with _interruptible(run_dir), _log_to(run_dir / "run.log"):
+        cards.write_json_atomic(run_dir / cards.CONFIG, {"config": config, "config_hash": digest})
         log.info("run %s: task %s, defense %s, preset %s, seed %d, config %s", run_dir.name,
                  cfg.task.name, cfg.defense, cfg.preset, cfg.seed, digest)
+        log.info("precision: %s (%s)", chosen.dtype, chosen.reason)
         engine.seed_everything(cfg.seed, deterministic=device.type == "cpu")
         log.info("data ready in %.1f s: %s", data_seconds, task.summary())
-        defense: Defense = create_defense(cfg.defense)
         report = defense.fit(task, cfg, device=device, progress=progress, workdir=run_dir)
         began = time.perf_counter()
-        evaluation = defense.evaluate(task, cfg, run_dir=run_dir)
+        evaluation = _stage(f"evaluation of {cfg.defense}", defense.evaluate, task, cfg, run_dir=run_dir)
         eval_seconds = time.perf_counter() - began
+        finite.require(evaluation.utility, f"evaluation of {cfg.defense}")
         cards.write_text_atomic(run_dir / PER_SCAN, evaluation.per_scan.to_csv(index=False))
         for entry in evaluation.utility:
             log.info("test dice (%s): %s", entry["variant"], entry["dice"])
-        attackers = [create_attack(name) for name in cfg.attacks]
         attacks = [run_attack(attacker, defense, task, cfg, run_dir=run_dir, progress=progress)
                    for attacker in attackers]
         curve = None
         if cfg.defense == "mixup" and cfg.mixup.curve:
-            curve = utility_privacy_curve(defense, task, cfg, attackers, run_dir=run_dir, progress=progress)
+            curve = _stage("the a-curve", utility_privacy_curve, defense, task, cfg, attackers,
+                           run_dir=run_dir, progress=progress)
         card = {
             "card_version": cards.CARD_VERSION,
             "run_id": run_dir.name,
@@ -94,7 +104,8 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
             "config_hash": digest,
             "config": config,
             **cards.environment(device),
-            "amp": engine.amp_active(device, cfg.train.amp),
+            "amp": chosen.autocast,
+            "precision": chosen.card(),
             "data": task.summary(),
             "timings": {
                 "data_seconds": data_seconds,
@@ -121,7 +132,8 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
 def attack(run_dir: str | Path, names: list[str], *, progress: bool = True) -> RunResult:
     """Run the attacks ``names`` against the trained defense of a finished run and add them to
     its card (replacing earlier entries of the same attacks). The defense is restored from the
-    run's final checkpoint; each new entry records when and with which code it ran."""
+    run's final checkpoint, which is only read; each new entry records when and with which code
+    it ran."""
     run_dir = Path(run_dir)
     card = cards.read_card(run_dir / cards.CARD)
     cfg = from_dict(card["config"])
@@ -129,14 +141,18 @@ def attack(run_dir: str | Path, names: list[str], *, progress: bool = True) -> R
         ATTACKS.get(name)
     cfg.attacks = tuple(names)
     device = engine.resolve_device(cfg.device)
+    trained = engine.read_checkpoint(run_dir / engine.CHECKPOINT)["iteration"]
+    if trained != cfg.train.iterations:
+        raise PrivbenchError(f"{run_dir / engine.CHECKPOINT} holds iteration {trained}, not the final "
+                             f"{cfg.train.iterations}: the run did not finish")
+    if not os.access(run_dir, os.W_OK) or not os.access(run_dir / cards.CARD, os.W_OK):
+        raise PrivbenchError(f"cannot add attacks to {run_dir}: the folder or its card is not writable")
     task = create_task(cfg.task.name, cfg=cfg)
-    check_requirements(task, cfg)
-    with _log_to(run_dir / "run.log"):
+    defense: Defense = create_defense(cfg.defense)
+    check_requirements(task, cfg, defense)
+    with _interruptible(None), _log_to(run_dir / "run.log"):
         log.info("attack %s with %s", run_dir.name, ", ".join(names))
         engine.seed_everything(cfg.seed, deterministic=device.type == "cpu")
-        defense: Defense = create_defense(cfg.defense)
-        if engine.checkpoint_iteration(run_dir) != cfg.train.iterations:
-            raise PrivbenchError(f"{run_dir} holds no final checkpoint of its {cfg.train.iterations} iterations")
         defense.fit(task, cfg, device=device, progress=False, workdir=run_dir)  # restores, trains nothing
         added = {"added": time.strftime("%Y-%m-%dT%H:%M:%S"), **cards.environment(device)}
         entries = [run_attack(create_attack(name), defense, task, cfg, run_dir=run_dir, progress=progress)
@@ -147,14 +163,20 @@ def attack(run_dir: str | Path, names: list[str], *, progress: bool = True) -> R
     return RunResult(run_dir, card)
 
 
-def check_requirements(task: Task, cfg: RunConfig) -> None:
-    """Stop before training when the defense (on the training scans) or an attack (on the test
-    scans) needs repeated scans of a subject and the task has none."""
+def check_requirements(task: Task, cfg: RunConfig, defense: Defense | None = None) -> None:
+    """Stop before the run folder exists when the defense (on the training scans) or an attack
+    (on the test scans) needs repeated scans of a subject and the task has none, when an attack
+    needs a public pool the task lacks, or when ``defense.check`` finds the task unfit."""
     needs = [(DEFENSES.get(cfg.defense), "train"), *((ATTACKS.get(name), "test") for name in cfg.attacks)]
     for entry, role in needs:
         if REPEATED_SCANS in entry.requires and not task.repeated_subjects(role):
             raise PrivbenchError(f"{entry.kind} {entry.name!r} needs {REPEATED_SCANS}, but task {task.name!r} "
                                  f"has one scan per subject among its {role} scans")
+        if PUBLIC_POOL in entry.requires and len(task.scans("public")) < 2:
+            raise PrivbenchError(f"{entry.kind} {entry.name!r} needs {PUBLIC_POOL}; task {task.name!r} has "
+                                 f"{len(task.scans('public'))} (raise task.public_fraction)")
+    if defense is not None:
+        defense.check(task, cfg)
 
 
 def run_attack(attack: Attack, defense: Defense, task: Task, cfg: RunConfig, *, run_dir: Path,
@@ -166,15 +188,42 @@ def run_attack(attack: Attack, defense: Defense, task: Task, cfg: RunConfig, *, 
         log.info("attack %s: not applicable to %s", name, cfg.defense)
         return card_entry(attack, cfg.defense, None)
     began = time.perf_counter()
-    result = attack.run(defense, task, cfg, run_dir=run_dir, progress=progress)
+    result = _stage(f"attack {name}", attack.run, defense, task, cfg, run_dir=run_dir, progress=progress)
+    finite.require({"metrics": result.metrics, "table": result.table}, f"attack {name}")
     log.info("attack %s: %s", name, result.metrics)
     return card_entry(attack, cfg.defense, result) | {"seconds": time.perf_counter() - began}
+
+
+def _stage(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)``; a :class:`NonFiniteError` raised inside names ``what``."""
+    try:
+        return fn(*args, **kwargs)
+    except NonFiniteError as exc:
+        raise NonFiniteError(f"{what} stopped: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _interruptible(run_dir: Path | None) -> Iterator[None]:
+    """Turn Ctrl-C into :class:`Interrupted`, saying what is kept and how to go on."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if run_dir is None:
+            raise Interrupted("interrupted; the card was not changed") from None
+        if (run_dir / engine.CHECKPOINT).exists():
+            raise Interrupted(f"interrupted; {run_dir} keeps its last checkpoint: continue with the "
+                              f"same command and --resume") from None
+        raise Interrupted(f"interrupted before the first checkpoint; {run_dir} holds no training "
+                          f"to resume") from None
 
 
 @contextlib.contextmanager
 def _log_to(path: Path) -> Iterator[None]:
     """Send privbench's log records to ``path`` for the duration of a run."""
-    handler = logging.FileHandler(path)
+    try:
+        handler = logging.FileHandler(path)
+    except OSError as exc:
+        raise PrivbenchError(f"cannot write {path}: {exc.strerror or exc}") from exc
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     previous = log.level
     log.addHandler(handler)

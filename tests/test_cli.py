@@ -130,3 +130,113 @@ def test_corrupt_cache_is_reported_not_raised(tmp_path):
 def test_debug_shows_the_exception():
     result = runner.invoke(app, ["--debug", "run", "--defense", "nonee"])
     assert result.exit_code != 2 and "did you mean" in str(result.exception)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "train.lr=inf"], "bad value for train.lr: 'inf' is not a valid float (finite)"),
+    (["--set", "train.lr=1e308"], "train.lr must be in (0, 1]"),
+    (["--seed", "-1"], "seed must be in [0, 4294967295]"),
+    (["--seed", "4294967296"], "seed must be in [0, 4294967295]"),
+    (["--set", "task.cohort_seed=-1"], "task.cohort_seed must be in [0, 4294967295]"),
+    (["--set", "train.patch_size=1024"], "train.patch_size=1024 needs at least"),
+    (["--set", "train.batch_size=1000000000"], "train.batch_size=1000000000 with train.patch_size=32 needs"),
+    (["--defense", "mixup", "--set", "mixup.tta_max=50"], "mixup.tta_max=50 needs as many reference scans"),
+    (["--defense", "mixup", "--attack", "bss", "--set", "task.public_fraction=0"],
+     "attack 'bss' needs a public pool of two or more scans; task 'mni-tissue' has 0"),
+])
+def test_bad_run_inputs_leave_no_run_folder(tmp_path, args, message):
+    out = tmp_path / "runs"
+    result = invoke("run", "--preset", "test", "-q", "--out", out, *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_two_default_runs_give_bit_identical_checkpoints(tmp_path):
+    """Every stored byte agrees except torch's random per-file serialization id."""
+    import zipfile
+
+    for name in ("a", "b"):
+        assert invoke("run", "--preset", "test", "-q", "--out", tmp_path / name).exit_code == 0
+    members = []
+    for name in ("a", "b"):
+        (path,) = (tmp_path / name).glob("*/*/*/checkpoint.pt")
+        with zipfile.ZipFile(path) as archive:
+            members.append({m.split("/", 1)[1]: archive.read(m) for m in archive.namelist()
+                            if not m.endswith("serialization_id")})
+    assert members[0] == members[1] and len(members[0]) > 10
+
+
+def test_attack_restores_the_defense_without_writing_it(finished_run, monkeypatch):
+    from privbench import engine
+
+    run_dir = finished_run[1].parent
+    checkpoint = run_dir / "checkpoint.pt"
+    before = (checkpoint.read_bytes(), checkpoint.stat().st_mtime_ns, checkpoint.stat().st_ino)
+    monkeypatch.setattr(engine, "save_checkpoint", lambda *a, **k: pytest.fail("restoring wrote a checkpoint"))
+    result = invoke("attack", run_dir, "--attack", "reid", "-q")
+    assert result.exit_code == 0, result.output
+    assert (checkpoint.read_bytes(), checkpoint.stat().st_mtime_ns, checkpoint.stat().st_ino) == before
+
+
+class _Payload:
+    """An arbitrary object: a checkpoint holding one could run code when unpickled."""
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.write_bytes(p.read_bytes()[:3000]), "damaged or truncated checkpoint"),
+    (lambda p: p.write_bytes(b""), "damaged or truncated checkpoint"),
+    (lambda p: __import__("torch").save({"iteration": 3, "state": {}, "x": _Payload()}, p),
+     "refused, it holds objects other than tensors and numbers"),
+    (lambda p: __import__("torch").save({"weights": 1}, p), "not a privbench checkpoint"),
+])
+def test_damaged_or_unsafe_checkpoints_are_named(finished_run, tmp_path, damage, message):
+    import shutil
+
+    out = tmp_path / "runs"
+    run_dir = out / "mni-tissue" / "none" / finished_run[1].parent.name
+    shutil.copytree(finished_run[1].parent, run_dir)
+    damage(run_dir / "checkpoint.pt")
+    result = invoke("attack", run_dir, "--attack", "reid", "-q")
+    assert result.exit_code == 2 and message in result.stderr and "checkpoint.pt" in result.stderr
+    (run_dir / "card.json").unlink()  # now an unfinished run for --resume
+    result = invoke("run", "--preset", "test", "--out", out, "--resume", "-q")
+    assert result.exit_code == 2 and message in result.stderr
+    for text in (result.stderr, invoke("attack", run_dir, "--attack", "reid").stderr):
+        assert "weights_only" not in text and len(text.strip().splitlines()) == 1
+
+
+def test_ctrl_c_says_what_can_be_resumed(tmp_path, monkeypatch):
+    from privbench import engine, runner as runs
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:  # while the cohort is generated: no run yet
+        patch.setattr(runs, "create_task", interrupted)
+        result = invoke("run", "--preset", "test", "-q", "--out", tmp_path / "a")
+    assert result.exit_code == 130 and "nothing was written" in result.stderr and "--resume" not in result.stderr
+    assert not (tmp_path / "a").exists()
+    original = engine.PatchSampler.batch
+    monkeypatch.setattr(engine.PatchSampler, "batch",
+                        lambda self, i: interrupted() if i == 2 else original(self, i))
+    result = invoke("run", "--preset", "test", "-q", "--out", tmp_path / "b")  # after the checkpoint at 2
+    assert result.exit_code == 130 and "keeps its last checkpoint: continue with the same command and --resume" \
+        in result.stderr.replace("\n", "")
+
+
+def test_one_malformed_card_is_a_warning_not_a_crash(finished_run, tmp_path):
+    import shutil
+
+    card = json.loads(finished_run[1].read_text())
+    root = tmp_path / "cards"
+    shutil.copytree(finished_run[1].parent, root / "good")
+    for name, change in (("string-attack", {"attacks": ["reid"]}),
+                         ("number-dice", {"utility": [{**card["utility"][0], "dice": 0.5}]})):
+        (root / name).mkdir(parents=True)
+        (root / name / "card.json").write_text(json.dumps({**card, **change}))
+    result = invoke("leaderboard", root, "-o", tmp_path / "board.csv")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("malformed card") == 2 and "string-attack" in result.stderr
+    assert len(pd.read_csv(tmp_path / "board.csv")) == 1

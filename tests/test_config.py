@@ -53,3 +53,52 @@ def test_round_trip_through_dict():
     cfg = config.resolve("paper", ["seed=4"])
     again = config.from_dict(config.to_dict(cfg))
     assert again == cfg and config.config_hash(again) == config.config_hash(cfg)
+
+
+def _float_keys():
+    """Every float setting (and tuple of floats), found from the config's types."""
+    import dataclasses
+    import typing
+
+    out = []
+
+    def walk(cls, prefix):
+        for f in dataclasses.fields(cls):
+            kind = typing.get_type_hints(cls)[f.name]
+            if dataclasses.is_dataclass(kind):
+                walk(kind, f"{prefix}{f.name}.")
+            elif kind is float or typing.get_args(kind)[:1] == (float,):
+                out.append(prefix + f.name)
+
+    walk(config.RunConfig, "")
+    return out
+
+
+FLOAT_KEYS = _float_keys()
+
+
+def test_the_float_settings_are_all_found():
+    assert {"train.lr", "mixup.curve_a", "attack.bss.sigma_min", "deformation.max_velocity_mm"} <= set(FLOAT_KEYS)
+    assert len(FLOAT_KEYS) == 23  # a new float setting joins the table below by itself
+
+
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e308", "-1e308", "1e999"])
+def test_every_float_setting_is_finite_and_bounded(key, value):
+    with pytest.raises(PrivbenchError, match=key.replace(".", r"\.").split(r"\.")[-1]):
+        config.resolve("quick", [f"{key}={value}"])
+
+
+@pytest.mark.parametrize("item, message", [
+    ("seed=-1", r"seed must be in \[0, 4294967295\]"),
+    ("seed=4294967296", r"seed must be in \[0, 4294967295\]"),
+    ("task.cohort_seed=-1", r"task.cohort_seed must be in \[0, 4294967295\]"),
+    ("train.lr=1e308", r"train.lr must be in \(0, 1\]"),
+    ("train.lr=inf", "bad value for train.lr: 'inf' is not a valid float \\(finite\\)"),
+    ("mixup.curve_a=0.3,nan", "not a valid comma-separated floats \\(finite\\)"),
+    ("deformation.control_spacing_mm=0.001", r"control_spacing_mm must be in \[task.spacing, 240\]"),
+])
+def test_seeds_and_ranges(item, message):
+    with pytest.raises(PrivbenchError, match=message):
+        config.resolve("quick", [item])
+    assert config.resolve("quick", ["seed=4294967295"]).seed == 2**32 - 1

@@ -95,19 +95,6 @@ def test_learning_rate_schedules():
     assert engine.learning_rate(constant, 99) == 0.01
 
 
-def test_amp_only_where_bfloat16_is_native(monkeypatch):
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert engine.amp_active(cuda) and not engine.amp_active(cuda, requested=False)
-    monkeypatch.setattr(engine, "_cpu_has_native_bfloat16", lambda: False)
-    assert not engine.amp_active(cpu)  # emulated bfloat16 would be slower than float32
-    with engine.autocast(cpu):
-        assert not torch.is_autocast_enabled("cpu")
-    monkeypatch.setattr(engine, "_cpu_has_native_bfloat16", lambda: True)
-    assert engine.amp_active(cpu) and not engine.amp_active(cpu, requested=False)
-    with engine.autocast(cpu):
-        assert torch.is_autocast_enabled("cpu")
-
-
 def test_volumes_predicted_together_equal_one_by_one():
     """Several volumes share each window's network call and get the same probabilities."""
     torch.manual_seed(0)

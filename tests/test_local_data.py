@@ -168,6 +168,13 @@ def test_cache_hit_and_invalidation(tmp_path):
     assert nib.load(str(other.scans("train")[0].image)).shape == (72, 96, 80)
 
 
+def _label_outside():
+    """The label of a good scan plus a 2x2x2 block of WM where the image is zero."""
+    label = volume(np.random.default_rng(0))[1]
+    label[:2, :2, :2] = 3
+    return label
+
+
 BROKEN = {
     "missing image": (lambda f: (f / "sub-1000_T1w.nii.gz").unlink(), "no T1 image"),
     "missing label": (lambda f: (f / "sub-1000_dseg.nii.gz").unlink(), "no label file"),
@@ -179,6 +186,10 @@ BROKEN = {
                      "sub-1000_dseg.nii.gz: unexpected label values 7 \\(expected 0, 1, 2, 3\\)"),
     "nan voxels": (lambda f: save(f / "sub-1000_T1w.nii.gz", np.full(SHAPE, np.nan, np.float32)),
                    "sub-1000_T1w.nii.gz: 7680 NaN or infinite voxels"),
+    "all-zero image": (lambda f: save(f / "sub-1000_T1w.nii.gz", np.zeros(SHAPE, np.float32)),
+                       "sub-1000_T1w.nii.gz: the image has no positive voxel"),
+    "label outside the image": (lambda f: save(f / "sub-1000_dseg.nii.gz", _label_outside()),
+                                "sub-1000_dseg.nii.gz: 8 labelled voxels lie outside the image's nonzero region"),
     "not 3d": (lambda f: save(f / "sub-1000_T1w.nii.gz", np.zeros((*SHAPE, 2), np.float32)),
                r"sub-1000_T1w.nii.gz: expected a 3D volume, got shape \(20, 24, 16, 2\)"),
     "truncated": (lambda f: (f / "sub-1000_T1w.nii.gz").write_bytes((f / "sub-1000_T1w.nii.gz").read_bytes()[:2000]),
@@ -288,3 +299,15 @@ def test_a_failure_while_caching_leaves_nothing_half_written(tmp_path, monkeypat
     monkeypatch.setattr(preprocess.nib, "save", real_save)
     task = create_task("ppmi", cfg=cfg_for("ppmi", root, tmp_path))  # picks up where it stopped
     assert len(list((tmp_path / "cache" / "ppmi").iterdir())) == 8 and task.scans("train")
+
+
+def test_a_cache_entry_whose_content_changed_is_rebuilt(tmp_path):
+    root = ppmi_copy(tmp_path / "ppmi", n_subjects=4)
+    cfg = cfg_for("ppmi", root, tmp_path)
+    scan = create_task("ppmi", cfg=cfg).scans("train")[0]
+    good = scan.image.read_bytes()
+    damaged = bytearray(good)
+    damaged[1000:5000] = b"\xff" * 4000  # NaN voxels, same size
+    scan.image.write_bytes(bytes(damaged))
+    again = create_task("ppmi", cfg=cfg).scans("train")[0]
+    assert again.image == scan.image and again.image.read_bytes() == good

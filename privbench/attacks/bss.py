@@ -27,7 +27,7 @@ from privbench.defenses.base import Defense
 from privbench.metrics import ms_ssim3d
 from privbench.nets import ScoreNet
 from privbench.registry import register_attack
-from privbench.tasks.base import Task
+from privbench.tasks.base import PUBLIC_POOL, Task
 
 Score = Callable[[torch.Tensor, float], torch.Tensor]  # grad_x log p_sigma(x)
 CHECKPOINT = "bss_score.pt"
@@ -135,7 +135,7 @@ class ScoreModel:
 
 @register_attack("bss", description="Blind source separation of mixtures: NCSN score model + "
                  "annealed Langevin dynamics (MS-SSIM to the target)",
-                 paper="Kim et al., IPMI 2023 (Sec. 4); Jayaram & Thickstun, ICML 2020", requires=())
+                 paper="Kim et al., IPMI 2023 (Sec. 4); Jayaram & Thickstun, ICML 2020", requires=(PUBLIC_POOL,))
 class BlindSourceSeparation(Attack):
     """Recover the target from one mixture with a score-based prior learned on public scans."""
 

@@ -22,7 +22,7 @@ from privbench.config import RunConfig
 from privbench.defenses.base import Defense
 from privbench.metrics import linkage, ms_ssim3d, residual_correlation
 from privbench.registry import register_attack
-from privbench.tasks.base import REPEATED_SCANS, Task
+from privbench.tasks.base import PUBLIC_POOL, REPEATED_SCANS, Task
 
 SEED_OFFSET = 15485863  # the attack's keys are drawn apart from the evaluation's and other attacks'
 
@@ -62,7 +62,7 @@ def link(probes: torch.Tensor, subjects: list[str], sessions: list[str], gallery
 
 @register_attack("linkage", description="Link each proxy to a gallery of clean scans by residual "
                  "correlation and MS-SSIM (top-1, top-5, mAP)",
-                 paper="privbench audit (beyond Kim et al., IPMI 2023)", requires=(REPEATED_SCANS,))
+                 paper="privbench audit (beyond Kim et al., IPMI 2023)", requires=(REPEATED_SCANS, PUBLIC_POOL))
 class Linkage(Attack):
     """Identify the patient behind each request from a gallery of other clean scans."""
 

@@ -34,7 +34,7 @@ from privbench.defenses.base import Defense
 from privbench.metrics import ms_ssim3d
 from privbench.mixing import MIN_WEIGHT
 from privbench.registry import register_attack
-from privbench.tasks.base import Task
+from privbench.tasks.base import PUBLIC_POOL, Task
 
 SEED_OFFSET = 32452843  # the attack's keys are drawn apart from the evaluation's and other attacks'
 CSV = "tta_average.csv"
@@ -59,7 +59,7 @@ def recover(mixtures: torch.Tensor, a: float, mean: torch.Tensor) -> torch.Tenso
 
 @register_attack("tta-average", description="Average the K mixtures of a reference-TTA request, estimate a "
                  "from their spread, subtract the public mean (MS-SSIM, linkage per K)",
-                 paper="privbench audit (beyond Kim et al., IPMI 2023)", requires=())
+                 paper="privbench audit (beyond Kim et al., IPMI 2023)", requires=(PUBLIC_POOL,))
 class TtaAverage(Attack):
     """Recover each target from the K mixtures a TTA request sends, with public statistics only."""
 

@@ -31,6 +31,10 @@ class Defense(abc.ABC):
         """Train every network of the defense end to end (resuming from ``workdir`` if it holds a
         checkpoint)."""
 
+    def check(self, task: Task, cfg: RunConfig) -> None:
+        """Raise :class:`~privbench.errors.PrivbenchError` if the defense cannot run on ``task``
+        with ``cfg``; the runner calls it before the run folder exists."""
+
     def new_key(self, generator: torch.Generator | None = None) -> Key:
         """Draw the client's secret for one request."""
         return None

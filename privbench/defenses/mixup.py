@@ -71,12 +71,17 @@ class MixupPrivacy(Defense):
         return engine.train(step, sampler, cfg.train, state=self.state, device=device,
                             workdir=workdir, progress=progress, name="mixup")
 
+    def check(self, task: Task, cfg: RunConfig) -> None:
+        """The reference pool must hold ``mixup.tta_max`` scans (checked before the run folder exists)."""
+        pool = len(task.scans("reference"))
+        if pool < cfg.mixup.tta_max:
+            raise PrivbenchError(f"mixup.tta_max={cfg.mixup.tta_max} needs as many reference scans; "
+                                 f"task {task.name!r} has {pool} (raise task.reference_subjects)")
+
     def attach(self, task: Task, cfg: RunConfig) -> None:
         """Give the client its reference pool (the task's ``reference`` scans, loaded lazily)."""
+        self.check(task, cfg)
         self.task, self.pool = task, task.scans("reference")
-        if len(self.pool) < cfg.mixup.tta_max:  # fail before training, not after
-            raise PrivbenchError(f"mixup.tta_max={cfg.mixup.tta_max} needs as many reference scans; "
-                                 f"task {task.name!r} has {len(self.pool)} (raise task.reference_subjects)")
         self.eval_range = (cfg.mixup.eval_a_min, cfg.mixup.eval_a_max)
 
     def build(self, num_classes: int, cfg: RunConfig, device: torch.device) -> engine.Step:

@@ -23,6 +23,7 @@ from privbench.errors import PrivbenchError
 
 ROLES = ("train", "test", "reference", "public")
 REPEATED_SCANS = "two or more scans per subject"  # what defenses and attacks that compare sessions require
+PUBLIC_POOL = "a public pool of two or more scans"  # what attacks that learn from public scans require
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from privbench.config import TaskConfig
 from privbench.errors import PrivbenchError
 from privbench.tasks import preprocess
 from privbench.tasks.base import Scan, Task, split_scans, split_subjects
-from privbench.tasks.cache import cache_root
+from privbench.tasks.cache import cache_root, remove_stale_temporaries
 
 log = logging.getLogger("privbench")
 SPLIT_ROLES = ("train", "test", "public")
@@ -62,6 +62,7 @@ class LocalTask(Task):
             raise PrivbenchError(f"no scans found under {cfg.root} for task {self.name!r} (see the README's "
                                  f"layout for it)")
         cache = cache_root(cfg) / self.name
+        remove_stale_temporaries(cache)
         shape = tuple(round(n / cfg.spacing) for n in shape_mm)
         scans, self.skipped = [], []
         console = Console(stderr=True)

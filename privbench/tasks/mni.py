@@ -45,7 +45,7 @@ from privbench.config import RunConfig, TaskConfig
 from privbench.errors import PrivbenchError
 from privbench.registry import register_task
 from privbench.tasks.base import Scan, Task, split_scans, split_subjects
-from privbench.tasks.cache import atomic_folder, cache_root, file_sizes, first_damaged
+from privbench.tasks.cache import CACHE_FORMAT, atomic_folder, cache_root, file_records, first_damaged, remove_stale_temporaries
 
 GENERATOR_VERSION = 1  # bump when the generated volumes change
 FULL_SHAPE = (144, 192, 160)  # at 1 mm, like the paper's PPMI volumes
@@ -248,7 +248,7 @@ TISSUE = Cohort("mni-tissue", GENERATOR_VERSION, CLASS_NAMES, make_subject, make
 
 def cohort_dir(cfg: TaskConfig, cohort: Cohort = TISSUE) -> Path:
     """The cache folder of the cohort ``cfg`` describes (keyed by every generation setting)."""
-    key = {"version": cohort.version, "spacing": cfg.spacing, "n_subjects": cfg.n_subjects,
+    key = {"version": cohort.version, "format": CACHE_FORMAT, "spacing": cfg.spacing, "n_subjects": cfg.n_subjects,
            "min_scans": cfg.min_scans, "max_scans": cfg.max_scans, "seed": cfg.cohort_seed}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return cache_root(cfg) / cohort.name / f"{cfg.spacing:g}mm-{digest}"
@@ -261,6 +261,7 @@ def build_cohort(cfg: TaskConfig, cohort: Cohort = TISSUE) -> Path:
     interrupted generation never leaves a half-written cohort behind.
     """
     final = cohort_dir(cfg, cohort)
+    remove_stale_temporaries(final.parent)
     if final.exists():
         return final
     template = load_template(cfg.spacing)
@@ -282,7 +283,7 @@ def build_cohort(cfg: TaskConfig, cohort: Cohort = TISSUE) -> Path:
                               "label": f"{stem}_dseg.nii"})
         manifest = {"cohort": cohort.name, "generator_version": cohort.version, "spacing": cfg.spacing,
                     "shape": list(template.brain.shape), "classes": list(cohort.class_names),
-                    "scans": files, "sizes": file_sizes(tmp)}
+                    "scans": files, "files": file_records(tmp)}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return final
 
@@ -291,13 +292,13 @@ def read_manifest(folder: Path) -> dict:
     """The cohort's manifest, after checking every file it lists is there and complete."""
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
-        scans, sizes = manifest["scans"], manifest["sizes"]
+        scans, records = manifest["scans"], manifest["files"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PrivbenchError(f"corrupt cohort cache {folder} (bad manifest: {exc}); "
                              f"delete the folder to regenerate it") from exc
-    damaged = first_damaged(folder, sizes)
+    damaged = first_damaged(folder, records)
     if damaged:
-        raise PrivbenchError(f"corrupt cohort cache: {damaged} is missing or truncated; "
+        raise PrivbenchError(f"corrupt cohort cache: {damaged} is missing, truncated or changed; "
                              f"delete {folder} to regenerate it")
     return {"scans": scans, **{k: v for k, v in manifest.items() if k != "scans"}}
 

@@ -4,7 +4,8 @@ Each scan (an image file and a label file, NIfTI or FreeSurfer MGZ) goes through
 
 1. **checks**, each failing with a :class:`BadScan` that names the file and the problem: the
    file must be readable and complete, 3D, finite; the label must match the image's shape and
-   affine and hold only the values the task's label table knows;
+   affine, hold only the values the task's label table knows, and lie inside the image's
+   nonzero region (an all-zero image is refused);
 2. **preprocessing** with MONAI: reorientation to RAS, resampling to ``spacing`` mm when the
    voxels are not that size already (image linear, label nearest), cropping to the image's
    nonzero box, centred crop or pad to the task's shape, labels mapped to class indices, image
@@ -31,7 +32,7 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, CropForegroundd, Orientationd, ResizeWithPadOrCropd, Spacingd
 
 from privbench.errors import PrivbenchError
-from privbench.tasks.cache import atomic_folder, file_sizes, first_damaged
+from privbench.tasks.cache import CACHE_FORMAT, atomic_folder, file_records, first_damaged
 
 PREPROCESS_VERSION = 1  # bump when the preprocessed volumes change
 PERCENTILES = (0.5, 99.5)
@@ -88,6 +89,23 @@ def map_labels(values: np.ndarray, table: dict[int, int], path: Path) -> np.ndar
     return lookup[values.astype(np.int64)]
 
 
+def check_label_inside(image: np.ndarray, label: np.ndarray, image_path: Path, label_path: Path) -> None:
+    """The image must hold signal, and every labelled voxel must lie inside the box of its
+    positive voxels (the box the crop keeps): otherwise the crop would silently drop labels."""
+    inside = image > 0
+    if not inside.any():
+        raise BadScan(f"{image_path}: the image has no positive voxel (all zeros?)")
+    box = []
+    for axis in range(3):
+        hits = np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis)))
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    labelled = int(np.count_nonzero(label))
+    kept = int(np.count_nonzero(label[tuple(box)]))
+    if kept < labelled:
+        raise BadScan(f"{label_path}: {labelled - kept} labelled voxels lie outside the image's nonzero "
+                      f"region ({image_path}): image and label do not belong together")
+
+
 def preprocess(image_path: Path, label_path: Path, settings: Settings) -> tuple[MetaTensor, MetaTensor]:
     """Check and preprocess one scan: image ``[D,H,W]`` float32 in [0, 1] and label uint8 class
     indices, as MONAI MetaTensors carrying the output affine."""
@@ -98,6 +116,7 @@ def preprocess(image_path: Path, label_path: Path, settings: Settings) -> tuple[
     if not np.allclose(label_affine, affine, atol=1e-3):
         raise BadScan(f"{label_path}: affine does not match the image's ({image_path})")
     label = map_labels(label, dict(settings.labels), label_path)
+    check_label_inside(image, label, image_path, label_path)
     data = {"image": MetaTensor(torch.from_numpy(image)[None], affine=torch.from_numpy(affine)),
             "label": MetaTensor(torch.from_numpy(label.astype(np.float32))[None], affine=torch.from_numpy(affine))}
     steps = [Orientationd(keys=["image", "label"], axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))]
@@ -129,7 +148,7 @@ def _identity(path: Path) -> dict[str, object]:
 def entry_dir(root: Path, image_path: Path, label_path: Path, settings: Settings) -> Path:
     """The cache folder of one scan, keyed by both files' identity and the settings."""
     try:
-        key = {"version": PREPROCESS_VERSION, "image": _identity(image_path), "label": _identity(label_path),
+        key = {"version": PREPROCESS_VERSION, "format": CACHE_FORMAT, "image": _identity(image_path), "label": _identity(label_path),
                "spacing": settings.spacing, "shape": list(settings.shape), "labels": list(settings.labels)}
     except OSError as exc:
         raise BadScan(f"{exc.filename}: file not found") from exc
@@ -148,14 +167,14 @@ def cached(root: Path, image_path: Path, label_path: Path, settings: Settings) -
     with atomic_folder(folder, "preprocessing cache") as tmp:
         nib.save(nib.Nifti1Image(image.numpy().astype(np.float32), affine), tmp / "image.nii")
         nib.save(nib.Nifti1Image(label.numpy(), affine), tmp / "label.nii")
-        entry = {"image": str(image_path), "label": str(label_path), "sizes": file_sizes(tmp)}
+        entry = {"image": str(image_path), "label": str(label_path), "files": file_records(tmp)}
         (tmp / "entry.json").write_text(json.dumps(entry))
     return files
 
 
 def _complete(folder: Path) -> bool:
     try:
-        sizes = json.loads((folder / "entry.json").read_text())["sizes"]
-        return first_damaged(folder, sizes) is None
+        records = json.loads((folder / "entry.json").read_text())["files"]
+        return first_damaged(folder, records) is None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
