@@ -17,8 +17,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import pickle
 import os
+import pickle
 import random
 import time
 from dataclasses import dataclass
@@ -57,14 +57,9 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
-def amp_active(device: torch.device, requested: bool = True) -> bool:
-    """Whether bfloat16 autocast runs on ``device`` (:func:`privbench.precision.choose`): on CUDA
-    when requested, on a CPU only where native bfloat16 passed its self-test; else float32."""
-    return precision.choose(device, requested).autocast
-
-
 def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """bfloat16 autocast where :func:`amp_active` says so; otherwise a no-op."""
+    """bfloat16 autocast where :func:`privbench.precision.choose` allows it (CUDA, or a CPU whose
+    native bfloat16 passed its self-test) and ``enabled`` (``train.amp``); otherwise a no-op."""
     return precision.autocast(precision.choose(device, enabled), device)
 
 
@@ -233,6 +228,15 @@ def train(step: Step, sampler: Sampler, cfg: TrainConfig, *, state: dict[str, An
     if start:
         log.info("resuming %s from iteration %d", name, start)
     losses: dict[str, float] = {}
+
+    def check(done: int, weights: bool = False) -> None:
+        """Stop at a non-finite loss (every iteration) or weight (before each save)."""
+        bad = [f"loss {k} = {v}" for k, v in losses.items() if not math.isfinite(v)]
+        if bad or weights:
+            bad += non_finite_parts(state)
+        if bad:
+            raise NonFiniteError(_stopped(name, done, bad, precision.choose(device, cfg.amp), workdir, checkpoint))
+
     every = max(1, cfg.iterations // 20)
     began = time.perf_counter()
     with _progress_bar(progress) as bar:
@@ -240,21 +244,19 @@ def train(step: Step, sampler: Sampler, cfg: TrainConfig, *, state: dict[str, An
         for iteration in range(start, cfg.iterations):
             losses = step(sampler.batch(iteration).to(device), iteration)
             done = iteration + 1
-            if not all(math.isfinite(v) for v in losses.values()):
-                _stop(name, done, losses, state, cfg, device, workdir, checkpoint)
+            check(done)
             rate = (done - start) / (time.perf_counter() - began)
             text = " ".join(f"{k} {v:.4f}" for k, v in losses.items())
             bar.update(task, completed=done, info=f"{text} | {rate:.2f} it/s")
             if done % every == 0 or done == cfg.iterations:
                 log.info("%s iter %d/%d %s %.2f it/s", name, done, cfg.iterations, text, rate)
             if workdir and done % cfg.checkpoint_every == 0 and done < cfg.iterations:
-                if non_finite_parts(state):
-                    _stop(name, done, losses, state, cfg, device, workdir, checkpoint)
+                check(done, weights=True)
                 save_checkpoint(workdir, state, done, checkpoint)
-    if start < cfg.iterations and non_finite_parts(state):
-        _stop(name, cfg.iterations, losses, state, cfg, device, workdir, checkpoint)
-    if workdir and start < cfg.iterations:
-        save_checkpoint(workdir, state, cfg.iterations, checkpoint)
+    if start < cfg.iterations:
+        check(cfg.iterations, weights=True)
+        if workdir:
+            save_checkpoint(workdir, state, cfg.iterations, checkpoint)
     return TrainReport(cfg.iterations, start, time.perf_counter() - began, losses)
 
 
@@ -273,18 +275,16 @@ def non_finite_parts(state: dict[str, Any]) -> list[str]:
     return found
 
 
-def _stop(name: str, iteration: int, losses: dict[str, float], state: dict[str, Any], cfg: TrainConfig,
-          device: torch.device, workdir: Path | None, checkpoint: str) -> None:
-    """Raise :class:`NonFiniteError` naming the iteration, what went non-finite, the precision
-    and the checkpoint that is kept."""
-    bad = [f"loss {k} = {v}" for k, v in losses.items() if not math.isfinite(v)] + non_finite_parts(state)
+def _stopped(name: str, iteration: int, bad: list[str], chosen: precision.Precision,
+             workdir: Path | None, checkpoint: str) -> str:
+    """The one line a non-finite stop prints: iteration, what went non-finite, precision, and
+    the checkpoint that is kept."""
     kept = "no checkpoint was written"
     if workdir and (workdir / checkpoint).exists():
         kept = f"the last good checkpoint (iteration {checkpoint_iteration(workdir, checkpoint)}) is kept in {workdir}"
-    chosen = precision.choose(device, cfg.amp)
-    hint = "; try --set train.amp=false" if chosen.autocast else "; try a lower train.lr"
-    raise NonFiniteError(f"{name} training stopped at iteration {iteration}: non-finite {', '.join(bad)} "
-                         f"(precision {chosen.dtype}); {kept}; no card was written{hint}")
+    hint = "try --set train.amp=false" if chosen.autocast else "try a lower train.lr"
+    return (f"{name} training stopped at iteration {iteration}: non-finite {', '.join(bad)} "
+            f"(precision {chosen.dtype}); {kept}; no card was written; {hint}")
 
 
 @contextlib.contextmanager

@@ -41,7 +41,7 @@ def wrong_bfloat16(native_cpu, monkeypatch):
 
 
 def test_cuda_keeps_bfloat16_and_amp_off_means_float32():
-    assert precision.choose(CUDA).dtype == "bfloat16" and engine.amp_active(CUDA)
+    assert precision.choose(CUDA).dtype == "bfloat16" and precision.choose(CUDA).autocast
     for device in (CPU, CUDA):
         chosen = precision.choose(device, requested=False)
         assert chosen == precision.Precision("float32", "train.amp=false") and not chosen.autocast
