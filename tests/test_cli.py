@@ -240,3 +240,20 @@ def test_one_malformed_card_is_a_warning_not_a_crash(finished_run, tmp_path):
     assert result.exit_code == 0, result.output
     assert result.stderr.count("malformed card") == 2 and "string-attack" in result.stderr
     assert len(pd.read_csv(tmp_path / "board.csv")) == 1
+
+
+def test_two_concurrent_runs_into_one_folder_both_finish(tmp_path, cache_dir):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PRIVBENCH_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1"}  # one core each
+    command = [sys.executable, "-m", "privbench.cli", "run", "--preset", "test", "-q", "--out", str(tmp_path),
+               "--set", "train.iterations=1"]
+    runs = [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    for process in runs:
+        assert process.wait(timeout=300) == 0, process.stderr.read()
+    cards = sorted(tmp_path.glob("mni-tissue/none/*/card.json"))
+    assert len(cards) == 2 and len({c.parent.name for c in cards}) == 2
+    assert not list(tmp_path.rglob("*.tmp*"))
