@@ -114,13 +114,13 @@ def probe_layers(channels: int = 16) -> torch.nn.Module:
 
 def _probe(device: torch.device, size: int, *, bfloat16: bool) -> list[torch.Tensor]:
     """Output, input gradient and first weight gradient of :func:`probe_layers` on a fixed input."""
-    with torch.random.fork_rng(devices=[]):  # the run's random streams are left untouched
+    with torch.random.fork_rng(devices=[]), torch.inference_mode(False):  # the run's streams stay untouched
         torch.manual_seed(1234)
         block = probe_layers().to(device)
         x = torch.randn(2, 16, size, size, size, device=device, requires_grad=True)
         target = torch.randn(2, 16, 2 * size, 2 * size, 2 * size, device=device)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bfloat16):
-        out = block(x)
-    loss = (out.float() * target).sum()
-    loss.backward()
+    with torch.inference_mode(False), torch.enable_grad():  # the first choice may come during inference
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bfloat16):
+            out = block(x)
+        (out.float() * target).sum().backward()
     return [out.detach().float(), x.grad.detach().float(), block[0].weight.grad.detach().float()]

@@ -91,6 +91,12 @@ def test_the_self_test_catches_non_finite_or_inaccurate_bfloat16(monkeypatch, fa
     assert precision.bfloat16_problem(CPU) is None  # bfloat16 as this CPU computes it is fine
 
 
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_the_first_choice_may_come_during_inference(native_cpu, context):
+    with context():
+        assert precision.choose(CPU).dtype == "bfloat16"
+
+
 def test_the_self_test_leaves_the_random_streams_alone():
     torch.manual_seed(7)
     expected = torch.rand(3)
