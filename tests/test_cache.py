@@ -75,4 +75,5 @@ def test_kill_9_during_generation_leaves_nothing_after_the_next_run(tmp_path):
     assert not folder.exists()
     create_task("mni-tissue", cfg=cfg)  # ... until the next run
     assert not left.exists() and not list(folder.parent.glob("*.tmp-*"))
-    assert len(mni.read_manifest(folder)["scans"]) == len(json.loads((folder / "manifest.json").read_text())["files"]) // 2
+    files = json.loads((folder / "manifest.json").read_text())["files"]
+    assert len(mni.read_manifest(folder)["scans"]) == len(files) // 2  # an image and a label each

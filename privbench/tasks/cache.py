@@ -21,6 +21,7 @@ from privbench.config import TaskConfig
 from privbench.errors import PrivbenchError
 
 CACHE_FORMAT = 2  # part of every cache key: 2 records SHA-256 digests (1 recorded sizes only)
+_TEMPORARY = re.compile(r".+\.tmp-(?P<host>.+)-(?P<pid>\d+)")  # atomic_folder's temporary names
 
 
 def cache_root(cfg: TaskConfig) -> Path:
@@ -88,14 +89,11 @@ def remove_stale_temporaries(parent: Path) -> list[Path]:
     return removed
 
 
-_TEMPORARY = re.compile(r".+\.tmp-(?P<host>.+)-(?P<pid>\d+)")
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # someone else's process
-        return True
+    except PermissionError:  # another user's process: alive
+        pass
     return True

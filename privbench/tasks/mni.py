@@ -45,7 +45,8 @@ from privbench.config import RunConfig, TaskConfig
 from privbench.errors import PrivbenchError
 from privbench.registry import register_task
 from privbench.tasks.base import Scan, Task, split_scans, split_subjects
-from privbench.tasks.cache import CACHE_FORMAT, atomic_folder, cache_root, file_records, first_damaged, remove_stale_temporaries
+from privbench.tasks.cache import (CACHE_FORMAT, atomic_folder, cache_root, file_records, first_damaged,
+                                   remove_stale_temporaries)
 
 GENERATOR_VERSION = 1  # bump when the generated volumes change
 FULL_SHAPE = (144, 192, 160)  # at 1 mm, like the paper's PPMI volumes
@@ -248,8 +249,9 @@ TISSUE = Cohort("mni-tissue", GENERATOR_VERSION, CLASS_NAMES, make_subject, make
 
 def cohort_dir(cfg: TaskConfig, cohort: Cohort = TISSUE) -> Path:
     """The cache folder of the cohort ``cfg`` describes (keyed by every generation setting)."""
-    key = {"version": cohort.version, "format": CACHE_FORMAT, "spacing": cfg.spacing, "n_subjects": cfg.n_subjects,
-           "min_scans": cfg.min_scans, "max_scans": cfg.max_scans, "seed": cfg.cohort_seed}
+    key = {"version": cohort.version, "format": CACHE_FORMAT, "spacing": cfg.spacing,
+           "n_subjects": cfg.n_subjects, "min_scans": cfg.min_scans, "max_scans": cfg.max_scans,
+           "seed": cfg.cohort_seed}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return cache_root(cfg) / cohort.name / f"{cfg.spacing:g}mm-{digest}"
 
@@ -261,8 +263,8 @@ def build_cohort(cfg: TaskConfig, cohort: Cohort = TISSUE) -> Path:
     interrupted generation never leaves a half-written cohort behind.
     """
     final = cohort_dir(cfg, cohort)
-    remove_stale_temporaries(final.parent)
     if final.exists():
+        remove_stale_temporaries(final.parent)  # a miss removes them as it writes (atomic_folder)
         return final
     template = load_template(cfg.spacing)
     with atomic_folder(final, "cohort cache") as tmp:

@@ -148,7 +148,8 @@ def _identity(path: Path) -> dict[str, object]:
 def entry_dir(root: Path, image_path: Path, label_path: Path, settings: Settings) -> Path:
     """The cache folder of one scan, keyed by both files' identity and the settings."""
     try:
-        key = {"version": PREPROCESS_VERSION, "format": CACHE_FORMAT, "image": _identity(image_path), "label": _identity(label_path),
+        key = {"version": PREPROCESS_VERSION, "format": CACHE_FORMAT, "image": _identity(image_path),
+               "label": _identity(label_path),
                "spacing": settings.spacing, "shape": list(settings.shape), "labels": list(settings.labels)}
     except OSError as exc:
         raise BadScan(f"{exc.filename}: file not found") from exc
