@@ -10,7 +10,6 @@ atomically, so a crash never leaves a half-written card.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
 import time
@@ -20,7 +19,7 @@ from typing import Any
 
 import torch
 
-from privbench import finite
+from privbench import finite, io
 from privbench.errors import PrivbenchError
 
 CARD = "card.json"
@@ -37,15 +36,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write text to ``path`` through a temporary file renamed into place."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise PrivbenchError(f"cannot write {path}: {exc.strerror or exc}") from exc
+write_text_atomic = io.write_text  # the name the rest of privbench writes text through
 
 
 def new_run_dir(out: Path, task: str, defense: str, config_hash: str) -> Path:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import pickle
 import random
 import time
@@ -30,7 +29,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from privbench import finite, precision
+from privbench import finite, io, precision
 from privbench.config import EvalConfig, TrainConfig
 from privbench.errors import NonFiniteError, PrivbenchError
 from privbench.tasks.base import Task
@@ -296,11 +295,11 @@ def _progress_bar(enabled: bool) -> Iterator[Progress]:
 
 
 def save_checkpoint(workdir: Path, state: dict[str, Any], iteration: int, name: str = CHECKPOINT) -> None:
-    """Write the checkpoint atomically (a crash mid-write keeps the previous one)."""
+    """Write the checkpoint atomically (a crash mid-write keeps the previous one). It is saved
+    through a file object, so the archive's inner names do not depend on the file's name."""
     payload = {"iteration": iteration, "state": {k: v.state_dict() for k, v in state.items()}}
-    tmp = workdir / f".{name}.tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, workdir / name)
+    with io.atomic_path(workdir / name) as tmp, open(tmp, "wb") as handle:
+        torch.save(payload, handle)
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:

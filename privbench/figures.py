@@ -6,7 +6,6 @@ probability-weighted mix, so one-hot labels, mixed labels and soft predictions s
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from privbench import io  # noqa: E402
 from privbench.mixing import mix, one_hot  # noqa: E402
 
 if TYPE_CHECKING:
@@ -28,11 +28,12 @@ CLASS_COLOURS = np.array([[0, 0, 0], [0.2, 0.6, 1.0], [1.0, 0.55, 0.1], [0.95, 0
 
 
 def save_atomic(fig: plt.Figure, path: Path, dpi: int = 120) -> None:
-    """Save ``fig`` as PNG via a temporary file and a rename, then close it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    """Save ``fig`` as PNG atomically (:func:`privbench.io.atomic_path`), then close it."""
+    try:
+        with io.atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+    finally:
+        plt.close(fig)
 
 
 def tta_curve(table: pd.DataFrame, classes: tuple[str, ...]) -> plt.Figure:
