@@ -169,12 +169,13 @@ def test_two_default_runs_give_bit_identical_checkpoints(tmp_path):
 
 
 def test_attack_restores_the_defense_without_writing_it(finished_run, monkeypatch):
-    from privbench import engine
+    from privbench.engine import training
 
     run_dir = finished_run[1].parent
     checkpoint = run_dir / "checkpoint.pt"
     before = (checkpoint.read_bytes(), checkpoint.stat().st_mtime_ns, checkpoint.stat().st_ino)
-    monkeypatch.setattr(engine, "save_checkpoint", lambda *a, **k: pytest.fail("restoring wrote a checkpoint"))
+    # train() calls save_checkpoint from its own module: patching the package would miss it
+    monkeypatch.setattr(training, "save_checkpoint", lambda *a, **k: pytest.fail("restoring wrote a checkpoint"))
     result = invoke("attack", run_dir, "--attack", "reid", "-q")
     assert result.exit_code == 0, result.output
     assert (checkpoint.read_bytes(), checkpoint.stat().st_mtime_ns, checkpoint.stat().st_ino) == before

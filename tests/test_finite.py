@@ -12,6 +12,8 @@ from privbench import card as cards
 from privbench import engine, finite
 from privbench.attacks.reid import Reidentification
 from privbench.cli import EXIT_NON_FINITE, app
+from privbench.config import TrainConfig
+from privbench.engine import inference
 from privbench.errors import NonFiniteError
 
 cli = CliRunner()
@@ -66,7 +68,7 @@ def test_non_finite_weights_are_never_saved(tmp_path):
         def batch(self, iteration):
             return torch.zeros(1)
 
-    cfg = engine.TrainConfig(iterations=4, checkpoint_every=2, amp=False)
+    cfg = TrainConfig(iterations=4, checkpoint_every=2, amp=False)
     with pytest.raises(NonFiniteError, match="iteration 4: non-finite weights of net .*iteration 2"):
         engine.train(step, Sampler(), cfg, state=state, device=torch.device("cpu"), workdir=tmp_path,
                      progress=False)
@@ -74,14 +76,14 @@ def test_non_finite_weights_are_never_saved(tmp_path):
 
 
 def test_a_non_finite_prediction_stops_the_evaluation(tmp_path, monkeypatch):
-    original = engine.sliding_window_inference
+    original = inference.sliding_window_inference  # MONAI's, as sliding_window_predict looks it up
 
     def broken(*args, **kwargs):
         out = original(*args, **kwargs)
         out[..., 0] = float("inf")
         return out
 
-    monkeypatch.setattr(engine, "sliding_window_inference", broken)
+    monkeypatch.setattr(inference, "sliding_window_inference", broken)
     result = run_test_preset(tmp_path)
     assert result.exit_code == 3
     assert "evaluation of none stopped: a network's output over whole volumes (precision float32)" in result.stderr

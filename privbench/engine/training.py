@@ -1,0 +1,205 @@
+"""The training loop every defense and attack shares, with its checkpoints.
+
+:func:`train` runs an update ``step`` for the configured iterations with a rich progress bar,
+a log line every few percent, and a checkpoint every ``checkpoint_every`` iterations; if the
+work folder already holds a checkpoint, training resumes from it. Training stops at the first
+non-finite loss, weight or gradient (:class:`NonFiniteError`), keeping the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import pickle
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from privbench import io, precision
+from privbench.config import TrainConfig
+from privbench.errors import NonFiniteError, PrivbenchError
+
+log = logging.getLogger("privbench")
+CHECKPOINT = "checkpoint.pt"
+
+
+def learning_rate(cfg: TrainConfig, iteration: int) -> float:
+    """The learning rate at ``iteration``: constant, or nnU-Net's poly decay to 0.
+
+    A pure function of the iteration, so a resumed run follows the same schedule.
+    """
+    if cfg.lr_schedule == "poly":
+        return cfg.lr * (1 - iteration / max(cfg.iterations, 1)) ** 0.9
+    return cfg.lr
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+@dataclass
+class TrainReport:
+    """What training did in this process (a resumed run counts only its own iterations)."""
+
+    iterations: int
+    start_iteration: int
+    seconds: float
+    last_losses: dict[str, float]
+
+    @property
+    def it_per_s(self) -> float:
+        done = self.iterations - self.start_iteration
+        return done / self.seconds if self.seconds > 0 else 0.0
+
+
+Step = Callable[[Any, int], dict[str, float]]  # (a sampler's batch, iteration) -> losses
+
+
+class Sampler(Protocol):
+    """What :func:`train` draws from: batch ``i`` (with ``.to(device)``) as a pure function of
+    ``i``, e.g. :class:`~privbench.engine.sampling.PatchSampler` or :class:`privbench.identity.PairSampler`."""
+
+    def batch(self, iteration: int) -> Any: ...
+
+
+def train(step: Step, sampler: Sampler, cfg: TrainConfig, *, state: dict[str, Any],
+          device: torch.device, workdir: Path | None = None, progress: bool = True,
+          name: str = "train", checkpoint: str = CHECKPOINT) -> TrainReport:
+    """Call ``step(batch, iteration)`` for iterations ``[start, cfg.iterations)``.
+
+    ``state`` maps names to modules and optimizers (anything with ``state_dict``): they are
+    saved to ``workdir/<checkpoint>`` every ``cfg.checkpoint_every`` iterations and at the end,
+    and restored from it first when it exists (a finished checkpoint is only read: restoring
+    writes nothing). ``step`` does the update and returns its losses. A non-finite loss, or
+    non-finite weights before a save, stop training with :class:`NonFiniteError`; the last
+    checkpoint written, which was checked, stays as it is.
+    """
+    start = load_checkpoint(workdir, state, checkpoint) if workdir else 0
+    if start:
+        log.info("resuming %s from iteration %d", name, start)
+    losses: dict[str, float] = {}
+
+    def check(done: int, weights: bool = False) -> None:
+        """Stop at a non-finite loss (every iteration) or weight (before each save)."""
+        bad = [f"loss {k} = {v}" for k, v in losses.items() if not math.isfinite(v)]
+        if bad or weights:
+            bad += non_finite_parts(state)
+        if bad:
+            raise NonFiniteError(_stopped(name, done, bad, precision.choose(device, cfg.amp), workdir, checkpoint))
+
+    every = max(1, cfg.iterations // 20)
+    began = time.perf_counter()
+    with _progress_bar(progress) as bar:
+        task = bar.add_task(name, total=cfg.iterations, completed=start, info="")
+        for iteration in range(start, cfg.iterations):
+            losses = step(sampler.batch(iteration).to(device), iteration)
+            done = iteration + 1
+            check(done)
+            rate = (done - start) / (time.perf_counter() - began)
+            text = " ".join(f"{k} {v:.4f}" for k, v in losses.items())
+            bar.update(task, completed=done, info=f"{text} | {rate:.2f} it/s")
+            if done % every == 0 or done == cfg.iterations:
+                log.info("%s iter %d/%d %s %.2f it/s", name, done, cfg.iterations, text, rate)
+            if workdir and done % cfg.checkpoint_every == 0 and done < cfg.iterations:
+                check(done, weights=True)
+                save_checkpoint(workdir, state, done, checkpoint)
+    if start < cfg.iterations:
+        check(cfg.iterations, weights=True)
+        if workdir:
+            save_checkpoint(workdir, state, cfg.iterations, checkpoint)
+    return TrainReport(cfg.iterations, start, time.perf_counter() - began, losses)
+
+
+def non_finite_parts(state: dict[str, Any]) -> list[str]:
+    """The networks of ``state`` holding a NaN or infinite weight or gradient, e.g.
+    ``["weights of net", "gradients of net"]``."""
+    found = []
+    for key, obj in state.items():
+        if not isinstance(obj, torch.nn.Module):
+            continue
+        params = [p.detach() for p in obj.parameters()]
+        grads = [p.grad.detach() for p in obj.parameters() if p.grad is not None]
+        for what, tensors in (("weights", params), ("gradients", grads)):
+            if tensors and not all(bool(torch.isfinite(t).all()) for t in tensors):
+                found.append(f"{what} of {key}")
+    return found
+
+
+def _stopped(name: str, iteration: int, bad: list[str], chosen: precision.Precision,
+             workdir: Path | None, checkpoint: str) -> str:
+    """The one line a non-finite stop prints: iteration, what went non-finite, precision, and
+    the checkpoint that is kept."""
+    kept = "no checkpoint was written"
+    if workdir and (workdir / checkpoint).exists():
+        kept = f"the last good checkpoint (iteration {checkpoint_iteration(workdir, checkpoint)}) is kept in {workdir}"
+    hint = "try --set train.amp=false" if chosen.autocast else "try a lower train.lr"
+    return (f"{name} training stopped at iteration {iteration}: non-finite {', '.join(bad)} "
+            f"(precision {chosen.dtype}); {kept}; no card was written; {hint}")
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool) -> Iterator[Progress]:
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+    with Progress(*columns, disable=not enabled, transient=False) as bar:
+        yield bar
+
+
+def save_checkpoint(workdir: Path, state: dict[str, Any], iteration: int, name: str = CHECKPOINT) -> None:
+    """Write the checkpoint atomically (a crash mid-write keeps the previous one). It is saved
+    through a file object, so the archive's inner names do not depend on the file's name."""
+    payload = {"iteration": iteration, "state": {k: v.state_dict() for k, v in state.items()}}
+    with io.atomic_path(workdir / name) as tmp, open(tmp, "wb") as handle:
+        torch.save(payload, handle)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's payload (``iteration`` and ``state``), loaded with ``weights_only=True``.
+
+    A missing, damaged or truncated file, one holding objects other than tensors and numbers
+    (a pickle that could run code: refused, never loaded), or a foreign one, raise
+    :class:`PrivbenchError` saying which."""
+    if not path.is_file():
+        raise PrivbenchError(f"{path}: no checkpoint there")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise PrivbenchError(f"{path}: refused, it holds objects other than tensors and numbers "
+                             f"(loading it could run code); privbench never loads such a file") from exc
+    except Exception as exc:  # noqa: BLE001  (zip, I/O and format errors of a damaged file)
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PrivbenchError(f"{path}: damaged or truncated checkpoint ({reason})") from exc
+    if not (isinstance(payload, dict) and isinstance(payload.get("iteration"), int)
+            and isinstance(payload.get("state"), dict)):
+        raise PrivbenchError(f"{path}: not a privbench checkpoint")
+    return payload
+
+
+def checkpoint_iteration(workdir: Path, name: str = CHECKPOINT) -> int:
+    """The iteration a checkpoint in ``workdir`` was saved at (0 if there is none or it is unreadable)."""
+    try:
+        return read_checkpoint(workdir / name)["iteration"]
+    except PrivbenchError:
+        return 0
+
+
+def load_checkpoint(workdir: Path, state: dict[str, Any], name: str = CHECKPOINT) -> int:
+    """Restore ``state`` from ``workdir/<name>``; return its iteration (0 if there is none).
+    A checkpoint that cannot be read or does not fit ``state`` is the user's to remove."""
+    path = workdir / name
+    if not path.exists():
+        return 0
+    payload = read_checkpoint(path)
+    try:
+        for key, obj in state.items():
+            obj.load_state_dict(payload["state"][key])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PrivbenchError(f"{path}: does not fit this run's networks ({reason})") from exc
+    return payload["iteration"]
