@@ -142,11 +142,11 @@ def list_(
     if kind not in REGISTRIES:
         raise PrivbenchError(f"cannot list {kind!r}: choose tasks, defenses or attacks")
     table = Table(title=f"privbench {kind}")
-    for column in ("name", "description", "paper", "requires", "from"):
+    for column in ("name", "description", "paper", "requires", "config", "from"):
         table.add_column(column, overflow="fold")
     for entry in REGISTRIES[kind].entries(pattern):
         table.add_row(entry.name, entry.description, entry.paper, ", ".join(entry.requires) or "-",
-                      entry.source)
+                      ", ".join(name for name, _ in entry.sections) or "-", entry.source)
     console.print(table)
 
 

@@ -1,11 +1,17 @@
 """Typed run configuration, presets and ``--set key=value`` overrides.
 
-A run is described by one :class:`RunConfig`. It starts from a preset (``test``, ``quick``,
-``paper``), then ``--set`` overrides are applied by dotted key (``train.iterations=500``,
-``task.spacing=1``, ``seed=3``). Values are parsed by the field's type; unknown keys and bad
-values raise :class:`~privbench.errors.PrivbenchError`. :func:`config_hash` fingerprints
-everything that can change a result, so cards from equal configs can be compared and an
-interrupted run can be resumed.
+A run is described by one :class:`RunConfig`: the run-level sections (``task``, ``train``,
+``eval``, the seed, the device) defined here, and one section per registered component, which
+each component declares beside its code and registers with it (``register_defense(...,
+config=MixupConfig)`` gives the section ``mixup``; an attack's section is ``attack.<name>``).
+A config starts from a preset (``test``, ``quick``, ``paper``; a section's own values for a
+preset are its ``PRESETS``), then ``--set`` overrides are applied by dotted key
+(``train.iterations=500``, ``mixup.tta=10``, ``attack.bss.iterations=50``, ``seed=3``).
+Values are parsed by the field's type; unknown keys and bad values raise
+:class:`~privbench.errors.PrivbenchError`; each section validates itself (``validate(run)``).
+:func:`config_hash` fingerprints the run-level sections and exactly the sections of the
+components the run uses, so cards from equal configs can be compared and an interrupted run
+can be resumed.
 """
 
 from __future__ import annotations
@@ -67,98 +73,9 @@ class EvalConfig:
 
 
 @dataclass
-class MixupConfig:
-    """Mixup-Privacy (Kim et al., IPMI 2023): mixing weights, loss weights, unmixing net and TTA."""
-
-    a_min: float = 0.0  # training draws a ~ U(a_min, a_max), floored at 1e-3 (the paper: U(0, 1))
-    a_max: float = 1.0
-    eval_a_min: float = 0.3  # evaluation draws one a per test volume ~ U(eval_a_min, eval_a_max)
-    eval_a_max: float = 0.7
-    seg_weight: float = 1.0  # weight of S's Dice + CE against the mixed labels
-    unmix_weight: float = 1.0  # weight of D's Dice + CE against the target labels
-    unmix_features: int = 8  # channels of the unmixing U-Net's first blocks
-    tta: int = 4  # K references of the "+TTA" variants (the paper: 10)
-    tta_max: int = 4  # the Dice-versus-K curve runs K = 1..tta_max (>= tta, >= 2 for test-retest)
-    curve: bool = False  # also measure the utility-privacy curve over fixed a (Dice and the run's attacks)
-    curve_a: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # the curve's weights
-    curve_scans: int = 4  # test scans whose Dice the curve measures at each a
-
-
-@dataclass
-class AdversaryConfig:
-    """The Siamese identity discriminator that privacy-net and deformation are trained to fool."""
-
-    weight: float = 1.0  # lambda: encoder and segmenter minimise segmentation - lambda * discriminator BCE
-    features: tuple[int, ...] = (8, 16, 32, 64)  # widths of its conv blocks (each halves the patch)
-
-
-@dataclass
-class PrivacyNetConfig:
-    """Privacy-Net (Kim et al., IEEE TMI 2021): the client's encoder."""
-
-    encoder_features: tuple[int, ...] = (8, 8, 16, 32, 64, 8)  # the encoder U-Net's widths (MONAI BasicUNet)
-
-
-@dataclass
-class DeformationConfig:
-    """Deformation-Proxy (Kim et al., BMVC 2021): the client's flow-field generator."""
-
-    max_velocity_mm: float = 8.0  # bound of each velocity component (tanh); displacements stay within it
-    control_spacing_mm: float = 16.0  # distance between the velocity field's control points
-    noise_channels: int = 8  # Gaussian noise per control point, drawn from the key's seed
-    generator_features: int = 32  # width of the generator's layers
-    integration_steps: int = 7  # scaling-and-squaring steps (the field is split into 2^steps)
-
-
-@dataclass
-class ReidConfig:
-    """MS-SSIM re-identification (Kim et al., IPMI 2023, Table 2)."""
-
-    observe: str = "proxy"  # proxy: what the server receives | output: what it returns
-
-
-@dataclass
-class BssConfig:
-    """Blind source separation of a mixture: NCSN score model + annealed Langevin dynamics."""
-
-    iterations: int = 600  # score-model training on the public pool's patches (the paper: 100k)
-    batch_size: int = 4  # the paper: 16
-    lr: float = 5e-4  # Adam, as in the paper
-    features: tuple[int, ...] = (16, 16, 32, 64, 128, 16)  # the score U-Net++'s widths
-    num_sigmas: int = 20  # geometric noise levels from sigma_1 (largest patch distance) to sigma_min
-    sigma_min: float = 0.01
-    ema: float = 0.999  # decay of the weights' exponential moving average (used for sampling)
-    steps_per_level: int = 5  # Langevin steps T per noise level
-    step_lr: float = 2e-5  # eta_i = step_lr * sigma_i^2 / sigma_min^2
-    gamma_scale: float = 1.0  # gamma_i = gamma_scale * sigma_i, the mixture constraint's width
-    final_denoise: bool = True  # one last Tweedie step x += sigma_min^2 * score(x, sigma_min)
-    start_sigma: float = 1.0  # > 0: sample only the levels <= this, both sources starting at the
-    # mixture (a warm start for short CPU budgets); 0: every level from sigma_1, uniform start
-    known_a: bool = True  # the attacker knows a (strongest case); else it assumes a = 0.5
-    n_patches: int = 8  # test patches separated (each from another test scan when there are enough)
-    n_inits: int = 3  # random initialisations shown in the figure
-
-
-@dataclass
-class TtaAverageConfig:
-    """Averaging the K mixtures of a reference-TTA request (privbench's audit beyond the paper)."""
-
-    ks: tuple[int, ...] = (1, 2, 5, 10, 30)  # K values scored (those the reference pool allows), plus mixup.tta
-    prior_a: float = 0.5  # the attacker's guess of a when K = 1 (no spread to estimate it from)
-
-
-@dataclass
-class AttackConfig:
-    """Settings of each attack, by attack name (``tta_average`` is the ``tta-average`` attack)."""
-
-    reid: ReidConfig = field(default_factory=ReidConfig)
-    bss: BssConfig = field(default_factory=BssConfig)
-    tta_average: TtaAverageConfig = field(default_factory=TtaAverageConfig)
-
-
-@dataclass
 class RunConfig:
-    """Everything that defines one run: task, defense, seed, training and evaluation."""
+    """Everything that defines one run: task, defense, seed, training, evaluation, and the
+    registered components' sections (``cfg.mixup``, ``cfg.attack.bss``: see :attr:`sections`)."""
 
     defense: str = "none"
     attacks: tuple[str, ...] = ()  # attacks run against the trained defense (--attack, repeatable)
@@ -168,26 +85,60 @@ class RunConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    mixup: MixupConfig = field(default_factory=MixupConfig)
-    adversary: AdversaryConfig = field(default_factory=AdversaryConfig)
-    privacy_net: PrivacyNetConfig = field(default_factory=PrivacyNetConfig)
-    deformation: DeformationConfig = field(default_factory=DeformationConfig)
-    attack: AttackConfig = field(default_factory=AttackConfig)
+    sections: dict[str, Any] = field(default_factory=lambda: {name: kind() for name, kind in
+                                                              component_sections().items()})
+
+    def __getattr__(self, name: str) -> Any:
+        """A component's section by attribute: ``cfg.mixup``, ``cfg.attack.bss``."""
+        sections = self.__dict__.get("sections")
+        if name.startswith("__") or sections is None:
+            raise AttributeError(name)
+        if name in sections:
+            return sections[name]
+        if any(key.startswith(f"{name}.") for key in sections):
+            return SectionGroup(sections, f"{name}.")
+        raise AttributeError(f"RunConfig has no field or section {name!r}")
 
 
-PRESETS: dict[str, dict[str, Any]] = {
+class SectionGroup:
+    """The sections under one prefix, by attribute (``cfg.attack.bss`` is section ``attack.bss``)."""
+
+    def __init__(self, sections: dict[str, Any], prefix: str):
+        self._sections, self._prefix = sections, prefix
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["_sections"][self.__dict__["_prefix"] + name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+RUN_SECTIONS = ("task", "train", "eval")
+RUN_FIELDS = ("defense", "attacks", "seed", "device", "preset")
+
+
+def component_sections() -> dict[str, type]:
+    """Every registered component's config section: name -> dataclass (from the registries)."""
+    from privbench.registry import all_sections  # components import this module: no import at load
+
+    return all_sections()
+
+
+def require(*checks: tuple[bool, str]) -> None:
+    """Raise :class:`PrivbenchError` with the message of the first failed ``(ok, message)``."""
+    for ok, message in checks:
+        if not ok:
+            raise PrivbenchError(message)
+
+
+PRESETS: dict[str, dict[str, Any]] = {  # run-level values; each section keeps its own in its PRESETS
     # seconds on a laptop CPU: the test suite's end-to-end runs
     "test": {
         "task.spacing": 4.0, "task.n_subjects": 8, "task.min_scans": 2, "task.max_scans": 3,
         "task.reference_subjects": 2, "task.max_test_scans": 2,
         "train.iterations": 3, "train.batch_size": 2, "train.patch_size": 32,
         "train.features": (8, 8, 16, 16, 32, 8), "train.checkpoint_every": 2,
-        "eval.sw_batch_size": 4, "mixup.unmix_features": 4, "mixup.tta": 2, "mixup.tta_max": 3,
-        "attack.bss.iterations": 3, "attack.bss.features": (8, 8, 16, 16, 32, 8),
-        "attack.bss.num_sigmas": 4, "attack.bss.steps_per_level": 2, "attack.bss.n_patches": 2,
-        "attack.bss.n_inits": 2, "adversary.features": (4, 8, 8, 16),
-        "privacy_net.encoder_features": (4, 4, 8, 8, 16, 4), "deformation.generator_features": 8,
-        "mixup.curve_a": (0.3, 0.7), "mixup.curve_scans": 1,
+        "eval.sw_batch_size": 4,
     },
     # the default: a whole run in under ten minutes on two CPU cores (2 mm cohort)
     "quick": {},
@@ -197,12 +148,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "task.test_fraction": 0.23, "task.public_fraction": 0.15, "task.reference_subjects": 50,
         "train.iterations": 200_000, "train.batch_size": 4, "train.patch_size": 32,
         "train.lr": 1e-4, "train.features": (32, 32, 64, 128, 256, 32),
-        "train.checkpoint_every": 5_000, "mixup.tta": 10, "mixup.tta_max": 30,
-        "mixup.unmix_features": 16, "attack.bss.iterations": 100_000, "attack.bss.batch_size": 16,
-        "attack.bss.features": (32, 32, 64, 128, 256, 32), "attack.bss.num_sigmas": 232,
-        "attack.bss.n_patches": 64, "attack.bss.start_sigma": 0.0,
-        "adversary.features": (16, 32, 64, 128),
-        "privacy_net.encoder_features": (32, 32, 64, 128, 256, 32),
+        "train.checkpoint_every": 5_000,
     },
 }
 
@@ -244,7 +190,9 @@ def resolve(preset: str = "quick", overrides: list[str] | dict[str, Any] | None 
 def _build(preset: str, task_defaults: dict[str, Any], top: dict[str, Any],
            items: list[tuple[str, Any]]) -> RunConfig:
     cfg = RunConfig(preset=preset)
-    for key, value in [*PRESETS[preset].items(), *task_defaults.items()]:
+    own = [(f"{name}.{key}", value) for name, section in cfg.sections.items()
+           for key, value in getattr(section, "PRESETS", {}).get(preset, {}).items()]
+    for key, value in [*PRESETS[preset].items(), *own, *task_defaults.items()]:
         set_value(cfg, key, value)
     for key, value in top.items():
         if value is not None:
@@ -261,33 +209,43 @@ def _split(item: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def keys(cfg: Any = None, prefix: str = "") -> list[str]:
+def keys(cfg: RunConfig | None = None) -> list[str]:
     """All dotted keys of a config (the names ``--set`` accepts)."""
     cfg = RunConfig() if cfg is None else cfg
-    out = []
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            out += keys(value, f"{prefix}{f.name}.")
-        else:
-            out.append(prefix + f.name)
-    return out
+    return [*RUN_FIELDS, *(f"{name}.{f.name}" for name, section in _sections(cfg).items()
+                           for f in dataclasses.fields(section))]
+
+
+def _sections(cfg: RunConfig) -> dict[str, Any]:
+    """Every section of ``cfg``, run-level first: name -> dataclass instance."""
+    return {**{name: getattr(cfg, name) for name in RUN_SECTIONS}, **cfg.sections}
 
 
 def set_value(cfg: RunConfig, key: str, value: Any) -> None:
     """Set the dotted ``key`` of ``cfg`` to ``value``, parsing strings by the field's type."""
-    *parents, leaf = key.split(".")
-    node: Any = cfg
-    for part in parents:
-        node = getattr(node, part, None)
-        if not dataclasses.is_dataclass(node):
-            break
-    types = typing.get_type_hints(type(node)) if dataclasses.is_dataclass(node) else {}
-    if leaf not in types or dataclasses.is_dataclass(getattr(node, leaf)):
-        close = difflib.get_close_matches(key, keys(), n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise PrivbenchError(f"unknown config key {key!r}{hint}")
+    section, _, leaf = key.rpartition(".")
+    sections = _sections(cfg)
+    node = cfg if not section and leaf in RUN_FIELDS else sections.get(section)
+    types = typing.get_type_hints(type(node)) if node is not None else {}
+    if leaf not in types or (node is cfg and leaf not in RUN_FIELDS):
+        raise PrivbenchError(_unknown(key, section, sections))
     setattr(node, leaf, _parse(key, value, types[leaf]))
+
+
+def _unknown(key: str, section: str, sections: dict[str, Any]) -> str:
+    """"unknown config key" with a did-you-mean on the section and on the field."""
+    if section in sections:
+        names = [f.name for f in dataclasses.fields(sections[section])]
+        close = difflib.get_close_matches(key.rpartition(".")[2], names, n=1, cutoff=0.6)
+        hint = f"; did you mean '{section}.{close[0]}'?" if close else ""
+        return f"unknown config key {key!r}{hint} ({section} has {', '.join(names)})"
+    close = difflib.get_close_matches(key, keys(), n=1, cutoff=0.6)
+    if not close and section:
+        near = difflib.get_close_matches(section, list(sections), n=1, cutoff=0.6)
+        close = [f"{near[0]}.{key.rpartition('.')[2]}"] if near else []
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    known = ", ".join(sorted(sections))
+    return f"unknown config key {key!r}{hint}" + ("" if hint else f" (sections: {known})")
 
 
 _BOOLS = {"1": True, "true": True, "yes": True, "on": True,
@@ -331,8 +289,9 @@ MAX_SIGMA = 100.0  # noise levels of the score model, in units of image intensit
 
 
 def validate(cfg: RunConfig) -> None:
-    """Reject values that cannot work, with the key that is wrong. Every float setting is
-    finite (:func:`_parse`) and bounded on both sides here."""
+    """Reject values that cannot work, with the key that is wrong: the run-level checks here,
+    then each section's own ``validate(run)``. Every float setting is finite (:func:`_parse`)
+    and bounded on both sides."""
     checks = [
         (cfg.task.spacing in (1.0, 2.0, 4.0), "task.spacing must be 1, 2 or 4 (mm)"),
         (0 <= cfg.seed < SEED_LIMIT, f"seed must be in [0, {SEED_LIMIT - 1}]"),
@@ -358,56 +317,26 @@ def validate(cfg: RunConfig) -> None:
         (cfg.train.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
         (0 <= cfg.eval.sw_overlap < 1, "eval.sw_overlap must be in [0, 1)"),
         (cfg.eval.sw_batch_size >= 1, "eval.sw_batch_size must be >= 1"),
-        (0 <= cfg.mixup.a_min <= cfg.mixup.a_max <= 1, "mixup.a_min <= mixup.a_max must lie in [0, 1]"),
-        (0 < cfg.mixup.eval_a_min <= cfg.mixup.eval_a_max <= 1,
-         "mixup.eval_a_min <= mixup.eval_a_max must lie in (0, 1]"),
-        (0 <= cfg.mixup.seg_weight <= MAX_WEIGHT and 0 <= cfg.mixup.unmix_weight <= MAX_WEIGHT,
-         f"mixup.seg_weight and mixup.unmix_weight must be in [0, {MAX_WEIGHT:g}]"),
-        (cfg.mixup.unmix_features >= 1, "mixup.unmix_features must be >= 1"),
-        (1 <= cfg.mixup.tta <= cfg.mixup.tta_max and cfg.mixup.tta_max >= 2,
-         "mixup.tta must be >= 1 and <= mixup.tta_max, and mixup.tta_max >= 2 (test-retest)"),
-        (len(cfg.mixup.curve_a) >= 1 and all(0 < a <= 1 for a in cfg.mixup.curve_a) and cfg.mixup.curve_scans >= 1,
-         "mixup.curve_a must be weights in (0, 1] and mixup.curve_scans >= 1"),
-        (0 <= cfg.adversary.weight <= MAX_WEIGHT, f"adversary.weight (lambda) must be in [0, {MAX_WEIGHT:g}]"),
-        (len(cfg.adversary.features) >= 1 and min(cfg.adversary.features) >= 1
-         and cfg.train.patch_size % 2 ** len(cfg.adversary.features) == 0,
-         "adversary.features must be positive ints, one block per halving of train.patch_size"),
-        (len(cfg.privacy_net.encoder_features) == 6 and min(cfg.privacy_net.encoder_features) >= 1,
-         "privacy_net.encoder_features must be 6 positive ints (BasicUNet)"),
-        (0 <= cfg.deformation.max_velocity_mm <= MAX_MM, f"deformation.max_velocity_mm must be in [0, {MAX_MM}]"),
-        (cfg.task.spacing <= cfg.deformation.control_spacing_mm <= MAX_MM,
-         f"deformation.control_spacing_mm must be in [task.spacing, {MAX_MM}]"),
-        (min(cfg.deformation.noise_channels, cfg.deformation.generator_features,
-             cfg.deformation.integration_steps) >= 1,
-         "deformation.noise_channels, generator_features and integration_steps must be >= 1"),
-        (cfg.attack.reid.observe in ("proxy", "output"), "attack.reid.observe must be proxy or output"),
-        (cfg.attack.bss.iterations >= 0 and cfg.attack.bss.batch_size >= 1 and 0 < cfg.attack.bss.lr <= 1,
-         "attack.bss.iterations must be >= 0, batch_size >= 1 and lr in (0, 1]"),
-        (len(cfg.attack.bss.features) == 6 and min(cfg.attack.bss.features) >= 1,
-         "attack.bss.features must be 6 positive ints (BasicUNetPlusPlus)"),
-        (cfg.attack.bss.num_sigmas >= 2 and 0 < cfg.attack.bss.sigma_min <= 1, "attack.bss.num_sigmas must be "
-         ">= 2 and attack.bss.sigma_min in (0, 1]"),
-        (0 <= cfg.attack.bss.ema < 1, "attack.bss.ema must be in [0, 1)"),
-        (cfg.attack.bss.steps_per_level >= 1 and 0 < cfg.attack.bss.step_lr <= 1
-         and 0 < cfg.attack.bss.gamma_scale <= MAX_WEIGHT,
-         f"attack.bss.steps_per_level must be >= 1, step_lr in (0, 1] and gamma_scale in (0, {MAX_WEIGHT:g}]"),
-        (0 <= cfg.attack.bss.start_sigma <= MAX_SIGMA, f"attack.bss.start_sigma must be in [0, {MAX_SIGMA}]"),
-        (cfg.attack.bss.n_patches >= 1 and cfg.attack.bss.n_inits >= 1,
-         "attack.bss.n_patches and attack.bss.n_inits must be >= 1"),
-        (len(cfg.attack.tta_average.ks) >= 1 and min(cfg.attack.tta_average.ks) >= 1,
-         "attack.tta_average.ks must be positive ints"),
-        (0 < cfg.attack.tta_average.prior_a <= 1, "attack.tta_average.prior_a must be in (0, 1]"),
         (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
          "device must be auto, cpu, cuda or cuda:N"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise PrivbenchError(message)
+    require(*checks)
+    for section in cfg.sections.values():
+        if hasattr(section, "validate"):
+            section.validate(cfg)
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
-    """The config as plain JSON-able data (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    """The config as plain JSON-able data (tuples become lists; ``attack.bss`` nests as
+    ``{"attack": {"bss": ...}}``)."""
+    data: dict[str, Any] = {name: getattr(cfg, name) for name in RUN_FIELDS}
+    for name, section in _sections(cfg).items():
+        *parents, leaf = name.split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = dataclasses.asdict(section)
+    return json.loads(json.dumps(data))
 
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
@@ -428,23 +357,29 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-# sections read by some defenses only: they change the hash of those defenses' runs alone
-_DEFENSE_SECTIONS = {"mixup": ("mixup",), "privacy-net": ("privacy_net", "adversary"),
-                     "deformation": ("deformation", "adversary")}
+def used_sections(cfg: RunConfig) -> list[str]:
+    """The sections of the components the run uses: its task, its defense, its attacks."""
+    from privbench.registry import ATTACKS, DEFENSES, TASKS
+
+    entries = [TASKS.get(cfg.task.name), DEFENSES.get(cfg.defense), *map(ATTACKS.get, cfg.attacks)]
+    return list(dict.fromkeys(name for entry in entries for name, _ in entry.sections))
 
 
-def _fields(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
+def defense_sections(cfg: RunConfig, defense: str | None = None) -> dict[str, Any]:
+    """The config sections a defense (default: the run's) declares, as plain data: its public
+    description."""
+    from privbench.registry import DEFENSES
+
+    entry = DEFENSES.get(defense or cfg.defense)
+    return {name: dataclasses.asdict(cfg.sections[name]) for name, _ in entry.sections}
 
 
 def config_hash(cfg: RunConfig) -> str:
-    """Short SHA-256 of every result-changing field (device, preset name, cache path, and the
-    sections of defenses and attacks the run does not use excluded)."""
-    own = _DEFENSE_SECTIONS.get(cfg.defense, ())
-    foreign = {f"{section}." for sections in _DEFENSE_SECTIONS.values() for section in sections
-               if section not in own}
-    foreign |= {f"attack.{name}." for name in _fields(AttackConfig) if name.replace("_", "-") not in cfg.attacks}
+    """Short SHA-256 of every result-changing field: the run-level sections (device, preset name,
+    cache path and batch sizes of inference excluded) and the sections the run's components
+    declare (:func:`used_sections`), never those of components it does not use."""
+    used = set(RUN_SECTIONS) | set(used_sections(cfg))
     unhashed = _UNHASHED | (set() if cfg.attacks else {"attacks"})
     flat = {k: v for k, v in _flatten(to_dict(cfg)).items()
-            if k not in unhashed and not k.startswith(tuple(foreign))}
+            if k not in unhashed and (k in RUN_FIELDS or k.rpartition(".")[0] in used)}
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]

@@ -16,11 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from privbench import card as cards
-from privbench import figures
-from privbench.attacks.base import Attack
+from privbench import figures, streams
+from privbench.attacks.base import Attack, execute
 from privbench.config import RunConfig
 from privbench.metrics import dice
 from privbench.tasks.base import Task
@@ -32,13 +31,12 @@ log = logging.getLogger("privbench")
 CSV = "a_curve.csv"
 PNG = "a_curve.png"
 FOLDER = "a_curve"
-SEED_OFFSET = 49979687  # the curve's keys are drawn apart from the evaluation's and the attacks'
 
 
 def variant_dice(defense: "MixupPrivacy", task: Task, cfg: RunConfig) -> dict[str, float]:
     """Mean test Dice (over classes, then scans) of the four variants on ``mixup.curve_scans``
     test scans, with keys drawn from the defense's current weight range."""
-    generator = torch.Generator().manual_seed(cfg.seed + SEED_OFFSET)
+    generator = streams.generator(cfg.seed, "client", "a-curve")
     scores: dict[str, list[float]] = {v: [] for v in ("naive", "naive+tta", "learned", "learned+tta")}
     for scan in task.scans("test")[: cfg.mixup.curve_scans]:
         image, label = task.load(scan)
@@ -63,7 +61,7 @@ def utility_privacy_curve(defense: "MixupPrivacy", task: Task, cfg: RunConfig, a
             folder = run_dir / FOLDER / f"a={a:g}"
             folder.mkdir(parents=True, exist_ok=True)
             for attack in applicable:
-                result = attack.run(defense, task, cfg, run_dir=folder, progress=progress)
+                result = execute(attack, defense, task, cfg, run_dir=folder, progress=progress)
                 label = result.label or attack.name
                 row |= {f"{label}_{k}": v for k, v in result.metrics.items()}
                 headlines[f"{label}_{attack.headline}"] = label

@@ -9,6 +9,10 @@ A component registers itself with a decorator and is found again by name::
     list_defenses("mix*")        # -> ["mixup"]
     create_defense("mixup", **kwargs)
 
+A component declares its config dataclass with ``config=``: the registry gives it a section of
+the run config (``--set mixup.tta=10``), its presets, validation and a place in the config hash
+(:mod:`privbench.config`).
+
 Built-in components live in ``privbench.tasks``, ``privbench.defenses`` and
 ``privbench.attacks`` and are imported on first use. Third-party packages add their own
 through the entry-point groups ``privbench.tasks``, ``privbench.defenses`` and
@@ -48,6 +52,7 @@ class Entry:
     paper: str = ""
     requires: tuple[str, ...] = ()
     source: str = "privbench"
+    sections: tuple[tuple[str, type], ...] = ()  # its config sections: (name, dataclass)
 
 
 @dataclass
@@ -67,15 +72,27 @@ class Registry:
         description: str,
         paper: str = "",
         requires: Iterable[str] = (),
+        config: type | dict[str, type] | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Decorator registering a class or factory function under ``name``."""
+        """Decorator registering a class or factory function under ``name``, with its config:
+        one dataclass (its section is the name, ``-`` read as ``_``; an attack's is
+        ``attack.<name>``) or several sections by name (``{"adversary": AdversaryConfig}``)."""
 
         def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
             self.add(Entry(name, self.kind, factory, description, paper, tuple(requires),
-                           _origin(factory)))
+                           _origin(factory), self.sections_of(name, config)))
             return factory
 
         return decorator
+
+    def sections_of(self, name: str, config: type | dict[str, type] | None) -> tuple[tuple[str, type], ...]:
+        """The config sections a component called ``name`` declares with ``config``."""
+        if config is None:
+            return ()
+        if isinstance(config, dict):
+            return tuple(config.items())
+        section = name.replace("-", "_")
+        return ((f"attack.{section}" if self.kind == "attack" else section, config),)
 
     def add(self, entry: Entry) -> None:
         """Add an entry; registering a different factory under a taken name is an error."""
@@ -125,18 +142,33 @@ class Registry:
                 doc = (obj.__doc__ or "").strip().splitlines()
                 self.add(Entry(ep.name, self.kind, obj, doc[0] if doc else "",
                                getattr(obj, "paper", ""), tuple(getattr(obj, "requires", ())),
-                               ep.value))
+                               ep.value, self.sections_of(ep.name, getattr(obj, "Config", None))))
 
 
 def _origin(factory: Callable[..., Any]) -> str:
     module = getattr(factory, "__module__", "") or ""
-    return "privbench" if module.startswith("privbench") else module.split(".")[0] or "?"
+    return module.split(".")[0] or "?"  # "privbench" for built-ins, a plugin's package otherwise
 
 
 TASKS = Registry("task", "privbench.tasks", "privbench.tasks")
 DEFENSES = Registry("defense", "privbench.defenses", "privbench.defenses")
 ATTACKS = Registry("attack", "privbench.attacks", "privbench.attacks")
 REGISTRIES = {"tasks": TASKS, "defenses": DEFENSES, "attacks": ATTACKS}
+
+
+def all_sections() -> dict[str, type]:
+    """Every config section the registered components declare; a section name claimed by two
+    components with different dataclasses is an error (sharing one dataclass is allowed)."""
+    out: dict[str, type] = {}
+    owner: dict[str, str] = {}
+    for registry in REGISTRIES.values():
+        for entry in registry.entries():
+            for name, kind in entry.sections:
+                if out.setdefault(name, kind) is not kind:
+                    raise ValueError(f"config section {name!r} of {entry.kind} {entry.name!r} ({entry.source}) "
+                                     f"clashes with the one of {owner[name]}")
+                owner.setdefault(name, f"{entry.kind} {entry.name!r} ({entry.source})")
+    return out
 
 register_task = TASKS.register
 register_defense = DEFENSES.register

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 from privbench import card as cards
-from privbench.attacks.base import Attack, card_entry
+from privbench.attacks.base import Attack, attack_config, card_entry, execute
 from privbench import engine, finite, precision, resources
 from privbench.config import RunConfig, config_hash, from_dict, to_dict
 from privbench.curve import utility_privacy_curve
@@ -188,10 +188,11 @@ def run_attack(attack: Attack, defense: Defense, task: Task, cfg: RunConfig, *, 
         log.info("attack %s: not applicable to %s", name, cfg.defense)
         return card_entry(attack, cfg.defense, None)
     began = time.perf_counter()
-    result = _stage(f"attack {name}", attack.run, defense, task, cfg, run_dir=run_dir, progress=progress)
+    result = _stage(f"attack {name}", execute, attack, defense, task, cfg, run_dir=run_dir, progress=progress)
     finite.require({"metrics": result.metrics, "table": result.table}, f"attack {name}")
     log.info("attack %s: %s", name, result.metrics)
-    return card_entry(attack, cfg.defense, result) | {"seconds": time.perf_counter() - began}
+    entry = card_entry(attack, cfg.defense, result, attack_config(cfg, name))
+    return entry | {"seconds": time.perf_counter() - began}
 
 
 def _stage(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

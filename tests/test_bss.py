@@ -6,6 +6,7 @@ from typer.testing import CliRunner
 
 from privbench import config
 from privbench.attacks import bss
+from privbench.attacks.base import execute
 from privbench.cli import app
 from privbench.defenses.mixup import MixupPrivacy
 from privbench.metrics import ms_ssim3d
@@ -54,24 +55,29 @@ def mixup_client(cache_dir):
 
 def test_the_separation_sees_only_mixtures_and_weights(mixup_client, tmp_path, monkeypatch):
     cfg, task, defense = mixup_client
-    calls = []
+    calls, truths = [], []
 
     def spy(mixture, alpha, score, sigmas, *args, **kwargs):
         calls.append((mixture, alpha))
         return mixture, mixture
 
+    attack = bss.BlindSourceSeparation()
+    real_score = attack.score
     monkeypatch.setattr(bss, "separate", spy)
-    result = bss.BlindSourceSeparation().run(defense, task, cfg, run_dir=tmp_path)
-    mixtures, alphas, targets, references, windows = bss.victim_patches(defense, task, cfg)
-    assert torch.allclose(mixtures, mix(targets, references, alphas))
-    seen_mixture, seen_alpha = calls[0]
-    assert torch.equal(seen_mixture.cpu(), mixtures) and torch.equal(seen_alpha.cpu(), alphas)
+    monkeypatch.setattr(attack, "score", lambda g, truth, o, r: truths.append(truth) or real_score(g, truth, o, r))
+    result = execute(attack, defense, task, cfg, run_dir=tmp_path)
+    (truth,) = truths
+    mixtures, targets = torch.stack(calls[0][0].cpu().unbind()), torch.stack(truth.images)
+    references, alphas = torch.stack(truth.extra["references"]), torch.tensor(truth.weights)
+    assert torch.allclose(mixtures, mix(targets, references, alphas))  # what it saw is what was sent
+    assert torch.equal(calls[0][1].cpu(), alphas.float())  # and the weights it was granted
     assert len(calls) == 1 + cfg.attack.bss.n_inits
     # returning the mixture as both sources scores exactly the "mixture as guess" baseline
     assert result.metrics["msssim"] == pytest.approx(result.metrics["mixture_msssim"])
     assert result.metrics["oracle_msssim"] == pytest.approx(1.0, abs=1e-4)
     # the template guess is the public mean at each patch's place
     mean = torch.stack([task.load(s)[0] for s in task.scans("public")]).mean(0)
+    windows = truth.extra["windows"]
     expected = ms_ssim3d(torch.stack([mean[w] for w in windows]), targets, data_range=1.0).mean()
     assert result.metrics["template_msssim"] == pytest.approx(float(expected), abs=1e-5)
 

@@ -61,16 +61,13 @@ def _float_keys():
     import typing
 
     out = []
-
-    def walk(cls, prefix):
+    sections = {"task": config.TaskConfig, "train": config.TrainConfig, "eval": config.EvalConfig,
+                **config.component_sections()}
+    for name, cls in sections.items():
         for f in dataclasses.fields(cls):
             kind = typing.get_type_hints(cls)[f.name]
-            if dataclasses.is_dataclass(kind):
-                walk(kind, f"{prefix}{f.name}.")
-            elif kind is float or typing.get_args(kind)[:1] == (float,):
-                out.append(prefix + f.name)
-
-    walk(config.RunConfig, "")
+            if kind is float or typing.get_args(kind)[:1] == (float,):
+                out.append(f"{name}.{f.name}")
     return out
 
 
@@ -102,3 +99,52 @@ def test_seeds_and_ranges(item, message):
     with pytest.raises(PrivbenchError, match=message):
         config.resolve("quick", [item])
     assert config.resolve("quick", ["seed=4294967295"]).seed == 2**32 - 1
+
+
+# config_hash of (preset, defense, attacks) before the sections moved to the registry: resuming
+# finds the same runs, and the hash covers exactly the run's components' sections
+HASHES = [("quick", "none", (), "ba3c67c1d9d7"), ("quick", "mixup", ("bss", "reid"), "e1b2f737eb30"),
+          ("quick", "privacy-net", ("linkage", "tta-average"), "7e07475049da"),
+          ("quick", "deformation", ("reid",), "8188b387ec1e")]
+
+
+@pytest.mark.parametrize("preset, defense, attacks, digest", HASHES)
+def test_the_hash_is_derived_from_the_registry_and_stable(preset, defense, attacks, digest):
+    assert config.config_hash(config.resolve(preset, defense=defense, attacks=attacks)) == digest
+
+
+def test_the_hash_covers_exactly_the_sections_of_the_run_s_components():
+    def changed(defense, attacks, key, value):
+        base = config.resolve("quick", defense=defense, attacks=attacks)
+        return config.config_hash(base) != config.config_hash(
+            config.resolve("quick", [f"{key}={value}"], defense=defense, attacks=attacks))
+
+    assert changed("privacy-net", (), "adversary.weight", 2) and changed("deformation", (), "adversary.weight", 2)
+    assert not changed("mixup", (), "adversary.weight", 2) and not changed("none", (), "mixup.tta", 2)
+    assert changed("none", ("bss",), "attack.bss.iterations", 5) and not changed("none", ("reid",), "attack.bss.iterations", 5)
+    assert config.used_sections(config.resolve("quick", defense="privacy-net", attacks=("reid",))) == [
+        "privacy_net", "adversary", "attack.reid"]
+
+
+def test_sections_come_from_the_registry_with_their_presets_and_validation():
+    from privbench.attacks.bss import BssConfig
+    from privbench.defenses.mixup import MixupConfig
+
+    sections = config.component_sections()
+    assert sections["mixup"] is MixupConfig and sections["attack.bss"] is BssConfig
+    test = config.resolve("test")
+    assert test.mixup.tta == 2 and test.attack.bss.iterations == 3  # the sections' own presets
+    assert config.resolve("paper").attack.bss.iterations == 100_000
+    with pytest.raises(PrivbenchError, match="mixup.tta must be >= 1"):
+        config.resolve("quick", ["mixup.tta=0"])
+
+
+@pytest.mark.parametrize("item, message", [
+    ("mixup.ttaa=3", r"unknown config key 'mixup.ttaa'; did you mean 'mixup.tta'\?"),
+    ("mixupp.tta=3", r"unknown config key 'mixupp.tta'; did you mean 'mixup.tta'\?"),
+    ("attack.bs.iterations=3", r"did you mean 'attack.bss.iterations'\?"),
+    ("nosuch.thing=3", r"unknown config key 'nosuch.thing' \(sections: .*mixup"),
+])
+def test_did_you_mean_on_the_section_and_the_field(item, message):
+    with pytest.raises(PrivbenchError, match=message):
+        config.resolve("quick", [item])

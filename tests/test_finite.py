@@ -93,14 +93,14 @@ def test_a_non_finite_prediction_stops_the_evaluation(tmp_path, monkeypatch):
 
 
 def test_a_non_finite_attack_score_stops_the_run(tmp_path, monkeypatch):
-    original = Reidentification.run
+    original = Reidentification.score
 
     def nan_score(self, *args, **kwargs):
         result = original(self, *args, **kwargs)
         result.metrics["f1"] = float("nan")
         return result
 
-    monkeypatch.setattr(Reidentification, "run", nan_score)
+    monkeypatch.setattr(Reidentification, "score", nan_score)
     result = run_test_preset(tmp_path, "--attack", "reid")
     assert result.exit_code == 3 and "attack reid: metrics.f1 is nan" in result.stderr
     assert not (only_run_dir(tmp_path) / "card.json").exists()

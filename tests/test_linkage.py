@@ -7,7 +7,7 @@ import torch
 from privbench import config
 from privbench.attacks import linkage as linkage_attack
 from privbench.attacks import tta_average
-from privbench.attacks.base import public_statistics
+from privbench.attacks.base import PublicPool, execute
 from privbench.defenses.mixup import MixupKey, MixupPrivacy
 from privbench.defenses.none import NoProxy
 from privbench.metrics import linkage, residual_correlation, ms_ssim3d
@@ -53,7 +53,7 @@ def cohort(cache_dir):
 
 def test_linkage_of_unprotected_scans_is_perfect(cohort, tmp_path):
     cfg, task = cohort
-    result = linkage_attack.Linkage().run(NoProxy(), task, cfg, run_dir=tmp_path)
+    result = execute(linkage_attack.Linkage(), NoProxy(), task, cfg, run_dir=tmp_path)
     assert result.metrics["top1"] == 1.0 and result.metrics["map"] == 1.0
     assert result.metrics["msssim_top1"] > 0.8
     assert result.metrics["chance_top1"] == pytest.approx(1 / len(set(task.subjects("test") + task.subjects("public"))))
@@ -62,7 +62,7 @@ def test_linkage_of_unprotected_scans_is_perfect(cohort, tmp_path):
 
 def test_a_is_estimated_from_ten_mixtures(cohort):
     cfg, task = cohort
-    mean, variance = public_statistics(task)
+    mean, variance = PublicPool(task).statistics()
     first = {}
     for scan in task.scans("train"):
         first.setdefault(scan.subject, scan)
@@ -90,7 +90,7 @@ def test_averaging_copies_of_one_reference_recovers_nothing_beyond_the_mixture(c
     cfg, task = cohort
     defense = SameReferenceMixup()
     defense.attach(task, cfg)
-    result = tta_average.TtaAverage().run(defense, task, cfg, run_dir=tmp_path)
+    result = execute(tta_average.TtaAverage(), defense, task, cfg, run_dir=tmp_path)
     for row in result.table:
         if row["k"] > 1:  # no spread: a_hat = 1 and the guess is the mixture itself
             assert row["msssim"] == pytest.approx(row["mixture_msssim"], abs=1e-5)
@@ -117,7 +117,7 @@ def test_the_attacker_never_receives_a_key_or_a_reference(cohort, tmp_path, monk
     monkeypatch.setattr(defense, "new_key", tracked_new_key)
     monkeypatch.setattr(tta_average, "estimate_a", spy(tta_average.estimate_a))
     monkeypatch.setattr(tta_average, "recover", spy(tta_average.recover))
-    result = tta_average.TtaAverage().run(defense, task, cfg, run_dir=tmp_path)
+    result = execute(tta_average.TtaAverage(), defense, task, cfg, run_dir=tmp_path)
     assert keys and seen
     assert not any(isinstance(arg, MixupKey) for arg in seen)
     def volumes(t):  # every [D,H,W] volume a tensor holds, as bytes
@@ -131,7 +131,7 @@ def test_the_attacker_never_receives_a_key_or_a_reference(cohort, tmp_path, monk
     recovered = {row["k"]: row for row in result.table}
     assert recovered[10]["oracle_a_msssim"] > recovered[10]["mixture_msssim"]  # averaging does recover
     assert result.metrics["template_msssim"] == pytest.approx(float(ms_ssim3d(
-        public_statistics(task)[0].expand(len(task.scans("test")), -1, -1, -1)[:, None],
+        PublicPool(task).statistics()[0].expand(len(task.scans("test")), -1, -1, -1)[:, None],
         torch.stack([task.load(s)[0] for s in task.scans("test")]), data_range=1.0).mean()), abs=1e-5)
 
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from privbench import config, runner
+from privbench import config, runner, streams
 from privbench.attacks import reid
-from privbench.attacks.base import Attack, Observation, observe_test_scans
+from privbench.attacks.base import Attack, Client, execute
 from privbench.cli import app
 from privbench.defenses.mixup import MixupPrivacy
 from privbench.defenses.none import NoProxy
@@ -34,10 +34,10 @@ def test_unprotected_scans_are_re_identified_and_mixup_lowers_it(cohort, tmp_pat
     cfg, task, mixup = cohort
     assert len(task.subjects("test")) == 6 and len(task.scans("test")) >= 12
     attack = reid.Reidentification()
-    plain = attack.run(NoProxy(), task, cfg, run_dir=tmp_path)
+    plain = execute(attack, NoProxy(), task, cfg, run_dir=tmp_path)
     assert plain.metrics["map"] >= 0.9 and plain.metrics["top1"] >= 0.9
     assert plain.metrics["chance"] == pytest.approx(1 / 6, abs=0.1)
-    mixed = attack.run(mixup, task, cfg, run_dir=tmp_path)
+    mixed = execute(attack, mixup, task, cfg, run_dir=tmp_path)
     assert mixed.metrics["map"] < plain.metrics["map"] - 0.1
     raw_row = mixed.table[1]
     assert raw_row["guess"] == "attack on the unprotected scans" and raw_row["map"] == plain.metrics["map"]
@@ -49,19 +49,19 @@ def test_the_attacker_sees_only_the_requests(cohort, tmp_path, monkeypatch):
     seen = []
     real = reid.similarity
     monkeypatch.setattr(reid, "similarity", lambda views: seen.append(views) or real(views))
-    reid.Reidentification().run(mixup, task, cfg, run_dir=tmp_path)
+    execute(reid.Reidentification(), mixup, task, cfg, run_dir=tmp_path)
     attacked, calibration = seen  # the attack, then the harness's raw-scan baseline
-    expected, _ = observe_test_scans(mixup, task, seed=cfg.seed + reid.SEED_OFFSET)
-    assert len(attacked) == len(expected.proxies)
-    for view, proxy in zip(attacked, expected.proxies):
-        assert isinstance(view, torch.Tensor) and torch.equal(view, proxy)
-    assert set(Observation.__dataclass_fields__) == {"proxies", "outputs"}
+    sent = Client(mixup, task, cfg, streams.generator(cfg.seed, "client", "reid")).send_test_scans().requests
+    assert len(attacked) == len(sent)
+    order = [next(i for i, proxy in enumerate(sent) if torch.equal(view, proxy)) for view in attacked]
+    assert sorted(order) == list(range(len(sent)))  # every request, each once ...
+    assert order != list(range(len(sent)))  # ... but not in the order the client sent them
 
 
 def test_observing_outputs_compares_class_probabilities(cohort, tmp_path):
     cfg, task, mixup = cohort
     out_cfg = config.resolve("test", {**COHORT, "attack.reid.observe": "output"}, defense="mixup")
-    result = reid.Reidentification().run(mixup, task, out_cfg, run_dir=tmp_path)
+    result = execute(reid.Reidentification(), mixup, task, out_cfg, run_dir=tmp_path)
     assert result.label == "reid-output" and 0 <= result.metrics["map"] <= 1
     sims = reid.similarity([torch.rand(1, 4, 20, 20, 20) for _ in range(3)])
     assert sims.shape == (3, 3) and torch.allclose(sims.diagonal(), torch.ones(3), atol=1e-5)
@@ -87,8 +87,10 @@ def test_an_attack_that_does_not_apply_is_recorded_not_run(cohort, tmp_path, mon
     class MixupOnly(Attack):
         name, applies_to, observes = "mixup-only", ("mixup",), "mixtures"
 
-        def run(self, *args, **kwargs):
+        def reconstruct(self, observation):
             raise AssertionError("a non-applicable attack must not run")
+
+        score = reconstruct
 
     entry = runner.run_attack(MixupOnly(), NoProxy(), task, config.resolve("test"), run_dir=tmp_path)
     assert entry["status"] == "not applicable" and "applies to mixup, not none" in entry["reason"]

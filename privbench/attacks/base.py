@@ -1,48 +1,197 @@
-"""What every attack provides, and what it may see (DESIGN.md, "Attacks").
+"""The attack boundary (DESIGN.md, "Attacks"): what an attacker is given, what it gives back,
+and how the harness scores it.
 
-The harness (this module and the runner) plays the client: it draws keys, encodes the test
-scans and sends them to the server. The attacker gets only an :class:`Observation`, the
-requests the server received and, where the threat model says so, what the server returned
-and the public pool. The victims' keys, references and labels never reach it; the harness keeps
-the truth (who is who, the real targets) to score the attack afterwards.
+An attack has two halves, in the style of breaching's ``reconstruct`` / ``report`` split:
+
+- the **attacker** (:meth:`Attack.reconstruct`) receives one :class:`Observation` and returns
+  guesses (similarities, recovered images, estimated weights). The observation holds only what
+  the attack's threat model grants (:data:`GRANTS`): the requests, in an order shuffled by a
+  stream the attacker cannot reproduce, the defense's public description, and where granted the
+  server's answers, a public pool, a clean gallery or the mixing weights. Never the defense
+  object, the task, the run config or seed, keys, references or test labels.
+- the **harness** (:func:`execute`, with the attack's :meth:`Attack.victims` and
+  :meth:`Attack.score`) plays the victims' client: it draws their keys, sends their requests,
+  keeps the :class:`Truth`, and scores the guesses against it, adding the calibration rows
+  (attack on unprotected scans, oracle, mixture or public mean as the guess, chance).
+
+The boundary is a type, not a sandbox: an attacker's code runs in the same process and could
+read files. What it is handed is what the card records as granted.
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
-from privbench.config import RunConfig
-from privbench.defenses.base import Defense
+from privbench import engine, streams
+from privbench.config import RunConfig, defense_sections
 from privbench.errors import PrivbenchError
-from privbench.tasks.base import Task
+from privbench.tasks.base import Scan, Task
+
+if TYPE_CHECKING:
+    from privbench.defenses.base import Defense
 
 NOT_APPLICABLE = "not applicable"
 
+GRANTS = {  # what a threat model may grant beyond the requests and the defense's public description
+    "answers": "the server's answer to every request",
+    "public_pool": "clean scans of a public pool (images and labels), not of the victims",
+    "gallery": "clean scans of many people with their identities: the test subjects' scans and the public pool",
+    "mixing_weight": "each request's mixing weight a",
+}
 
-@dataclass
+
+@dataclass(frozen=True)
+class DefenseDescription:
+    """The defense as the world knows it (Kerckhoffs): its name and its public config sections."""
+
+    name: str
+    config: dict[str, Any]
+
+
+class PublicPool:
+    """Clean scans of people who are not the victims, loaded from the task's public role but
+    holding no reference to the task. Duck-types the two calls a patch sampler makes
+    (:meth:`scans`, :meth:`arrays`), so an attacker can train on it like a defense trains."""
+
+    name = "public pool"
+
+    def __init__(self, task: Task):
+        self._scans = [Scan(s.subject, s.session, Path(), Path()) for s in task.scans("public")]
+        self._volumes = [task.arrays(scan) for scan in task.scans("public")]
+        if len(self._scans) < 2:
+            raise PrivbenchError(f"this attack needs a public pool of at least two scans; task {task.name!r} "
+                                 f"has {len(self._scans)} (raise task.public_fraction)")
+
+    def scans(self, role: str = "public") -> list[Scan]:
+        if role != "public":
+            raise PrivbenchError(f"the attacker holds public scans only, not {role!r} scans")
+        return list(self._scans)
+
+    def arrays(self, scan: Scan) -> tuple[np.ndarray, np.ndarray]:
+        return self._volumes[self._scans.index(scan)]
+
+    def images(self) -> torch.Tensor:
+        """Every public image ``[N,1,D,H,W]``."""
+        return torch.stack([torch.from_numpy(np.asarray(image, dtype=np.float32))[None]
+                            for image, _ in self._volumes])
+
+    def statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The voxel-wise mean and variance ``[D,H,W]`` of the public images."""
+        images = self.images()[:, 0]
+        return images.mean(0), images.var(0)
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """An attacker's clean scans ``[G,1,D,H,W]`` with their identities, and the public pool's
+    voxel-wise mean and variance (one volume each)."""
+
+    images: torch.Tensor
+    subjects: list[str]
+    sessions: list[str]
+    mean: torch.Tensor
+    variance: torch.Tensor
+
+
+def build_gallery(task: Task, pool: PublicPool) -> Gallery:
+    """Clean scans of the test subjects and of the public pool, and the public pool's statistics."""
+    scans = task.scans("test") + task.scans("public")
+    images = torch.stack([task.load(scan)[0] for scan in scans])
+    return Gallery(images, [s.subject for s in scans], [s.session for s in scans], *pool.statistics())
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the attacker computes: not knowledge about the victims."""
+
+    device: torch.device
+    amp: bool
+    patch_size: int  # the server's patch size (it trains on it)
+    checkpoint_every: int
+    workdir: Path  # where the attacker may keep its checkpoints and files
+    progress: bool = True
+
+
+@dataclass(frozen=True)
 class Observation:
-    """One attacker's view: per request, the proxy the server received (``[1,1,D,H,W]`` or a
-    defense's own shape) and, when observed, what the server returned."""
+    """Everything one attacker is given (see the module): ``requests[i]`` is one request as
+    the server received it (``[K,1,D,H,W]``, or a patch), ``answers[i]`` the server's answer
+    (None unless granted); ``seed`` is the attacker's own randomness."""
 
-    proxies: list[torch.Tensor]
-    outputs: list[torch.Tensor] | None = None
+    requests: list[torch.Tensor]
+    defense: DefenseDescription
+    config: Any
+    seed: int
+    runtime: Runtime
+    granted: tuple[str, ...] = ()
+    answers: list[torch.Tensor] | None = None
+    public: PublicPool | None = None
+    gallery: Gallery | None = None
+    weights: list[float] | None = None
 
 
 @dataclass
 class Truth:
-    """What the harness knows and the attacker does not: per request, the subject and session
-    of the scan it carries, the clean image ``[1,1,D,H,W]`` (for calibration baselines) and the
-    key's mixing weight (None for keys without one)."""
+    """What the harness knows and the attacker does not, per request (in the observation's
+    order): the subject and session of the scan it carries, the clean target (image or patch),
+    the key's mixing weight (None for keys without one), and anything else an attack's scoring
+    needs (``extra``: lists in the same order; ``shared``: the rest)."""
 
     subjects: list[str]
     sessions: list[str]
     images: list[torch.Tensor]
     weights: list[float | None]
+    extra: dict[str, list[Any]] = field(default_factory=dict)
+    shared: dict[str, Any] = field(default_factory=dict)  # not per request (e.g. a scoring gallery)
+
+    def reordered(self, order: list[int]) -> "Truth":
+        pick = lambda values: [values[i] for i in order]  # noqa: E731
+        return Truth(pick(self.subjects), pick(self.sessions), pick(self.images), pick(self.weights),
+                     {k: pick(v) for k, v in self.extra.items()}, self.shared)
+
+
+@dataclass
+class Victims:
+    """The requests a harness sent (and the server's answers, if it kept them) and their truth."""
+
+    requests: list[torch.Tensor]
+    truth: Truth
+    answers: list[torch.Tensor] | None = None
+
+
+class Client:
+    """The victims' client, played by the harness: the trained defense, the task's test scans
+    and a key stream of its own."""
+
+    def __init__(self, defense: "Defense", task: Task, cfg: RunConfig, generator: torch.Generator):
+        self.defense, self.task, self.cfg, self.generator = defense, task, cfg, generator
+
+    def new_key(self, k: int = 1) -> Any:
+        return self.defense.new_key(self.generator) if k == 1 else self.defense.new_key(self.generator, k=k)
+
+    def send_test_scans(self, *, answers: bool = False, k: int = 1) -> Victims:
+        """Every test scan encoded with a fresh key (``k`` > 1: a reference-TTA key of k
+        references, so one request holds k mixtures), optionally sent to the server."""
+        requests, returned, subjects, sessions, images, weights = [], [], [], [], [], []
+        for scan in self.task.scans("test"):
+            image = self.task.load(scan)[0][None]
+            key = self.new_key(k)
+            proxy = self.defense.encode(image, key)
+            requests.append(proxy)
+            if answers:
+                returned.append(self.defense.server(proxy))
+            subjects.append(scan.subject)
+            sessions.append(scan.session)
+            images.append(image)
+            weights.append(getattr(key, "a", None))
+        return Victims(requests, Truth(subjects, sessions, images, weights), returned if answers else None)
 
 
 @dataclass
@@ -59,60 +208,79 @@ class AttackResult:
 
 
 class Attack(abc.ABC):
-    """An adversary against a trained defense."""
+    """An adversary against a trained defense: :meth:`reconstruct` is the attacker, the rest
+    is the harness's half (which requests the victims send, and how guesses are scored)."""
 
     name: str = ""
     applies_to: tuple[str, ...] = ("*",)  # defense names, or "*" for all
     observes: str = ""  # one line for the card: what the attacker sees
     headline: str = ""  # the metric that says how well it succeeded (the utility-privacy curve's x axis)
+    grants: tuple[str, ...] = ()  # keys of GRANTS this threat model hands the attacker
 
     def applies(self, defense: str) -> bool:
         return "*" in self.applies_to or defense in self.applies_to
 
+    def granted(self, config: Any) -> tuple[str, ...]:
+        """The grants for this config (an attack whose config changes its view overrides this)."""
+        return self.grants
+
+    def victims(self, client: Client, config: Any) -> Victims:
+        """Harness: the requests the victims send while this attacker watches (default: one
+        request per test scan, with the answers if granted)."""
+        return client.send_test_scans(answers="answers" in self.granted(config))
+
     @abc.abstractmethod
-    def run(self, defense: Defense, task: Task, cfg: RunConfig, *, run_dir: Path,
+    def reconstruct(self, observation: Observation) -> Any:
+        """The attacker: guesses from the observation alone."""
+
+    @abc.abstractmethod
+    def score(self, guesses: Any, truth: Truth, observation: Observation, run_dir: Path) -> AttackResult:
+        """Harness: score the guesses against the truth, with calibration rows; write files."""
+
+
+def attack_config(cfg: RunConfig, name: str) -> Any:
+    """The attack's own config section (``attack.<name>``), or None if it declares none."""
+    return getattr(cfg.attack, name.replace("-", "_"), None)
+
+
+def execute(attack: Attack, defense: "Defense", task: Task, cfg: RunConfig, *, run_dir: Path,
             progress: bool = True) -> AttackResult:
-        """Observe the defense on the task's test scans, attack, score against the truth."""
+    """Run one attack against a trained defense through the boundary (see the module)."""
+    config = attack_config(cfg, attack.name)
+    granted = attack.granted(config)
+    unknown = set(granted) - set(GRANTS)
+    if unknown:
+        raise ValueError(f"attack {attack.name!r} grants unknown {sorted(unknown)} (known: {sorted(GRANTS)})")
+    client = Client(defense, task, cfg, streams.generator(cfg.seed, "client", attack.name))
+    victims = attack.victims(client, config)
+    order = torch.randperm(len(victims.requests), generator=streams.generator(cfg.seed, "order", attack.name))
+    order = order.tolist()
+    truth = victims.truth.reordered(order)
+    pool = PublicPool(task) if {"public_pool", "gallery"} & set(granted) else None
+    observation = Observation(
+        requests=[victims.requests[i] for i in order],
+        defense=DefenseDescription(defense.name, defense_sections(cfg, defense.name)),
+        config=dataclasses.replace(config) if dataclasses.is_dataclass(config) else config,
+        seed=streams.seed_of(cfg.seed, "attacker", attack.name),
+        runtime=Runtime(engine.resolve_device(cfg.device), cfg.train.amp, cfg.train.patch_size,
+                        cfg.train.checkpoint_every, run_dir, progress),
+        granted=tuple(granted),
+        answers=[victims.answers[i] for i in order] if "answers" in granted and victims.answers else None,
+        public=pool if "public_pool" in granted else None,
+        gallery=build_gallery(task, pool) if "gallery" in granted and pool else None,
+        weights=list(truth.weights) if "mixing_weight" in granted else None,
+    )
+    guesses = attack.reconstruct(observation)
+    return attack.score(guesses, truth, observation, run_dir)
 
 
-def observe_test_scans(defense: Defense, task: Task, *, seed: int, outputs: bool = False,
-                       k: int = 1) -> tuple[Observation, Truth]:
-    """Encode every test scan with a fresh key, as a client would (``k`` > 1: a reference-TTA
-    key of k references, so one request holds k mixtures); optionally send each proxy to the
-    server. Returns the attacker's view and, separately, the truth for scoring."""
-    generator = torch.Generator().manual_seed(seed)
-    proxies, returned, subjects, sessions, images, weights = [], [], [], [], [], []
-    for scan in task.scans("test"):
-        image = task.load(scan)[0][None]
-        images.append(image)
-        key = defense.new_key(generator) if k == 1 else defense.new_key(generator, k=k)
-        proxy = defense.encode(image, key)
-        proxies.append(proxy)
-        if outputs:
-            returned.append(defense.server(proxy))
-        subjects.append(scan.subject)
-        sessions.append(scan.session)
-        weights.append(getattr(key, "a", None))
-    return Observation(proxies, returned if outputs else None), Truth(subjects, sessions, images, weights)
-
-
-def public_statistics(task: Task) -> tuple[torch.Tensor, torch.Tensor]:
-    """The attacker's public knowledge of the population: the voxel-wise mean and variance
-    ``[D,H,W]`` of the public pool's clean scans (at least two)."""
-    scans = task.scans("public")
-    if len(scans) < 2:
-        raise PrivbenchError(f"this attack needs a public pool of at least two scans; task {task.name!r} "
-                             f"has {len(scans)} (raise task.public_fraction)")
-    images = torch.stack([task.load(scan)[0][0] for scan in scans])
-    return images.mean(0), images.var(0)
-
-
-def card_entry(attack: Attack, defense: str, result: AttackResult | None) -> dict[str, Any]:
-    """The card's record of one attack: its results, or that it does not apply."""
+def card_entry(attack: Attack, defense: str, result: AttackResult | None, config: Any = None) -> dict[str, Any]:
+    """The card's record of one attack: what it was granted, its results, or that it does not apply."""
     entry: dict[str, Any] = {"attack": attack.name, "observes": attack.observes}
     if result is None:
         return entry | {"status": NOT_APPLICABLE,
                         "reason": f"{attack.name} applies to {', '.join(attack.applies_to)}, not {defense}"}
-    return entry | {"status": "done", "label": result.label or attack.name,
+    granted = ["requests", "defense's public config", *attack.granted(config)]
+    return entry | {"status": "done", "label": result.label or attack.name, "granted": granted,
                     "metrics": result.metrics, "table": result.table,
                     "settings": result.settings, "files": result.files}

@@ -13,26 +13,65 @@ mean (the template) at the patch's place, and an oracle that knows the reference
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from privbench import engine, figures
-from privbench.attacks.base import Attack, AttackResult, public_statistics
-from privbench.config import BssConfig, RunConfig, TrainConfig
-from privbench.defenses.base import Defense
+from privbench import engine, figures, streams
+from privbench.attacks.base import Attack, AttackResult, Client, Observation, PublicPool, Truth, Victims
+from privbench.config import MAX_SIGMA, MAX_WEIGHT, RunConfig, TrainConfig, require
 from privbench.metrics import ms_ssim3d
 from privbench.nets import ScoreNet
 from privbench.registry import register_attack
-from privbench.tasks.base import PUBLIC_POOL, Task
+from privbench.tasks.base import PUBLIC_POOL
+
+@dataclass
+class BssConfig:
+    """Blind source separation of a mixture: NCSN score model + annealed Langevin dynamics."""
+
+    iterations: int = 600  # score-model training on the public pool's patches (the paper: 100k)
+    batch_size: int = 4  # the paper: 16
+    lr: float = 5e-4  # Adam, as in the paper
+    features: tuple[int, ...] = (16, 16, 32, 64, 128, 16)  # the score U-Net++'s widths
+    num_sigmas: int = 20  # geometric noise levels from sigma_1 (largest patch distance) to sigma_min
+    sigma_min: float = 0.01
+    ema: float = 0.999  # decay of the weights' exponential moving average (used for sampling)
+    steps_per_level: int = 5  # Langevin steps T per noise level
+    step_lr: float = 2e-5  # eta_i = step_lr * sigma_i^2 / sigma_min^2
+    gamma_scale: float = 1.0  # gamma_i = gamma_scale * sigma_i, the mixture constraint's width
+    final_denoise: bool = True  # one last Tweedie step x += sigma_min^2 * score(x, sigma_min)
+    start_sigma: float = 1.0  # > 0: sample only the levels <= this, both sources starting at the
+    # mixture (a warm start for short CPU budgets); 0: every level from sigma_1, uniform start
+    known_a: bool = True  # the attacker knows a (strongest case; a grant); else it assumes a = 0.5
+    n_patches: int = 8  # test patches separated (each from another test scan when there are enough)
+    n_inits: int = 3  # random initialisations shown in the figure
+
+    PRESETS = {"test": {"iterations": 3, "features": (8, 8, 16, 16, 32, 8), "num_sigmas": 4,
+                        "steps_per_level": 2, "n_patches": 2, "n_inits": 2},
+               "paper": {"iterations": 100_000, "batch_size": 16, "features": (32, 32, 64, 128, 256, 32),
+                         "num_sigmas": 232, "n_patches": 64, "start_sigma": 0.0}}
+
+    def validate(self, run: RunConfig) -> None:
+        require((self.iterations >= 0 and self.batch_size >= 1 and 0 < self.lr <= 1,
+                 "attack.bss.iterations must be >= 0, batch_size >= 1 and lr in (0, 1]"),
+                (len(self.features) == 6 and min(self.features) >= 1,
+                 "attack.bss.features must be 6 positive ints (BasicUNetPlusPlus)"),
+                (self.num_sigmas >= 2 and 0 < self.sigma_min <= 1,
+                 "attack.bss.num_sigmas must be >= 2 and attack.bss.sigma_min in (0, 1]"),
+                (0 <= self.ema < 1, "attack.bss.ema must be in [0, 1)"),
+                (self.steps_per_level >= 1 and 0 < self.step_lr <= 1 and 0 < self.gamma_scale <= MAX_WEIGHT,
+                 f"attack.bss.steps_per_level must be >= 1, step_lr in (0, 1] and gamma_scale in (0, {MAX_WEIGHT:g}]"),
+                (0 <= self.start_sigma <= MAX_SIGMA, f"attack.bss.start_sigma must be in [0, {MAX_SIGMA}]"),
+                (self.n_patches >= 1 and self.n_inits >= 1, "attack.bss.n_patches and attack.bss.n_inits must be >= 1"))
+
 
 Score = Callable[[torch.Tensor, float], torch.Tensor]  # grad_x log p_sigma(x)
 CHECKPOINT = "bss_score.pt"
 FIGURE = "bss_examples.png"
-SEED_OFFSET = 104729  # the attack's keys and patches are drawn apart from the evaluation's
 
 
 def noise_levels(sigma_max: float, sigma_min: float, n: int) -> torch.Tensor:
@@ -90,27 +129,25 @@ class ScoreModel:
         self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))
         self.sigmas = torch.empty(0)
 
-    def fit(self, task: Task, run_cfg: RunConfig, *, workdir: Path | None, progress: bool = True,
-            role: str = "public") -> engine.TrainReport:
-        """Train on ``role`` patches (the attacker's public pool), resuming from ``workdir``."""
-        p = run_cfg.train.patch_size
+    def fit(self, pool: PublicPool, *, patch_size: int, seed: int, checkpoint_every: int,
+            workdir: Path | None, progress: bool = True) -> engine.TrainReport:
+        """Train on patches of the attacker's public pool, resuming from ``workdir``."""
         train_cfg = TrainConfig(iterations=self.cfg.iterations, batch_size=self.cfg.batch_size,
-                                patch_size=p, lr=self.cfg.lr, lr_schedule="constant",
-                                features=self.cfg.features, checkpoint_every=run_cfg.train.checkpoint_every,
-                                amp=self.amp)
-        probe = engine.PatchSampler(task, p, 128, run_cfg.seed + SEED_OFFSET, role=role).batch(0)
+                                patch_size=patch_size, lr=self.cfg.lr, lr_schedule="constant",
+                                features=self.cfg.features, checkpoint_every=checkpoint_every, amp=self.amp)
+        probe = engine.PatchSampler(pool, patch_size, 128, seed, role="public").batch(0)
         self.sigmas = noise_levels(largest_distance(probe.image), self.cfg.sigma_min, self.cfg.num_sigmas)
-        sampler = engine.PatchSampler(task, p, self.cfg.batch_size, run_cfg.seed + SEED_OFFSET, role=role)
+        sampler = engine.PatchSampler(pool, patch_size, self.cfg.batch_size, seed, role="public")
         optimizer = torch.optim.Adam(self.net.parameters(), lr=self.cfg.lr)
         state = {"net": self.net, "ema": self.ema, "optimizer": optimizer}
-        return engine.train(self._step(optimizer, run_cfg.seed), sampler, train_cfg, state=state,
+        return engine.train(self._step(optimizer, seed), sampler, train_cfg, state=state,
                             device=self.device, workdir=workdir, progress=progress, name="bss score",
                             checkpoint=CHECKPOINT)
 
     def _step(self, optimizer: torch.optim.Optimizer, seed: int) -> engine.Step:
         def step(batch: engine.Batch, iteration: int) -> dict[str, float]:
             self.net.train()
-            rng = torch.Generator().manual_seed(seed * 1_000_003 + iteration)
+            rng = streams.generator(seed, "noise", str(iteration))
             levels = torch.randint(len(self.sigmas), (len(batch.image),), generator=rng)
             sigma = self.sigmas[levels].to(self.device).reshape(-1, 1, 1, 1, 1)
             z = torch.randn(batch.image.shape, generator=rng).to(self.device)
@@ -135,7 +172,8 @@ class ScoreModel:
 
 @register_attack("bss", description="Blind source separation of mixtures: NCSN score model + "
                  "annealed Langevin dynamics (MS-SSIM to the target)",
-                 paper="Kim et al., IPMI 2023 (Sec. 4); Jayaram & Thickstun, ICML 2020", requires=(PUBLIC_POOL,))
+                 paper="Kim et al., IPMI 2023 (Sec. 4); Jayaram & Thickstun, ICML 2020", requires=(PUBLIC_POOL,),
+                 config=BssConfig)
 class BlindSourceSeparation(Attack):
     """Recover the target from one mixture with a score-based prior learned on public scans."""
 
@@ -146,37 +184,79 @@ class BlindSourceSeparation(Attack):
     applies_to = ("mixup",)
     observes = "one mixture per test patch (and a, when attack.bss.known_a); public scans for the prior"
 
-    def run(self, defense: Defense, task: Task, cfg: RunConfig, *, run_dir: Path,
-            progress: bool = True) -> AttackResult:
-        bss, device = cfg.attack.bss, engine.resolve_device(cfg.device)
+    def granted(self, config: BssConfig) -> tuple[str, ...]:
+        return ("public_pool", "mixing_weight") if config.known_a else ("public_pool",)
+
+    def victims(self, client: Client, config: BssConfig) -> Victims:
+        """``n_patches`` patches centred on brain voxels of test scans, each scan sent with a
+        fresh key; the truth keeps the targets, the references and each patch's window."""
+        p, n = client.cfg.train.patch_size, config.n_patches
+        rng = np.random.default_rng(streams.seed_of(client.cfg.seed, "client", self.name, "patches"))
+        scans = client.task.scans("test")
+        mixtures, targets, references, windows, weights = [], [], [], [], []
+        for i in range(n):
+            scan = scans[i % len(scans)]
+            image, label = client.task.load(scan)
+            key = client.new_key()
+            proxy = client.defense.encode(image[None], key)[0]
+            brain = np.argwhere(label.numpy() > 0)
+            centre = brain[rng.integers(len(brain))] if len(brain) else np.array(label.shape) // 2
+            start = [int(np.clip(c - p // 2, 0, max(s - p, 0))) for c, s in zip(centre, label.shape)]
+            window = (slice(None), *(slice(s, s + p) for s in start))
+            mixtures.append(proxy[window])
+            targets.append(image[window])
+            references.append(key.ref_image[0][window])
+            windows.append(window)
+            weights.append(key.a)
+        subjects, sessions = zip(*((scans[i % len(scans)].subject, scans[i % len(scans)].session)
+                                   for i in range(n)))
+        truth = Truth(list(subjects), list(sessions), targets, weights,
+                      {"references": references, "windows": windows})
+        return Victims(mixtures, truth)
+
+    def reconstruct(self, observation: Observation) -> dict[str, Any]:
+        """Train the prior on the public pool (once), then separate every mixture; a few more
+        separations of the first one, from other starting noise, for the figure."""
+        bss, run = observation.config, observation.runtime
         if self.model is None:
-            self.model = ScoreModel(bss, device, cfg.train.amp)
-            self.report = self.model.fit(task, cfg, workdir=run_dir, progress=progress)
-        model, report = self.model, self.report
-        mixtures, alphas, targets, references, windows = victim_patches(defense, task, cfg)
-        assumed = alphas if bss.known_a else torch.full_like(alphas, 0.5)
+            self.model = ScoreModel(bss, run.device, run.amp)
+            self.report = self.model.fit(observation.public, patch_size=run.patch_size, seed=observation.seed,
+                                         checkpoint_every=run.checkpoint_every, workdir=run.workdir,
+                                         progress=run.progress)
+        model = self.model
+        mixtures = torch.stack(observation.requests)
+        alphas = torch.tensor(observation.weights if bss.known_a else [0.5] * len(mixtures))
         levels = model.sigmas[model.sigmas <= bss.start_sigma] if bss.start_sigma > 0 else model.sigmas
         levels = levels if len(levels) else model.sigmas[-1:]
 
         def attack(seed: int, count: int = len(mixtures)) -> tuple[torch.Tensor, torch.Tensor]:
-            """The attacker: separates the first ``count`` mixtures, seeing them and a only."""
-            generator = torch.Generator(device=device).manual_seed(seed)
-            m = mixtures[:count].to(device)
+            generator = torch.Generator(device=run.device).manual_seed(seed)
+            m = mixtures[:count].to(run.device)
             start = (m.clone(), m.clone()) if bss.start_sigma > 0 else None  # both sources = m
-            x1, x2 = separate(m, assumed[:count].to(device), model, levels.to(device),
+            x1, x2 = separate(m, alphas[:count].to(run.device), model, levels.to(run.device),
                               bss.steps_per_level, bss.step_lr, generator=generator,
                               gamma_scale=bss.gamma_scale, final_denoise=bss.final_denoise, init=start)
             return x1.cpu().clamp(0, 1), x2.cpu().clamp(0, 1)
 
-        x1, x2 = attack(cfg.seed + SEED_OFFSET)
+        return {"sources": attack(streams.seed_of(observation.seed, "separate")),
+                "inits": [attack(streams.seed_of(observation.seed, "figure", str(i)), count=1)
+                          for i in range(bss.n_inits)],
+                "settings": {"sigma_1": float(model.sigmas[0]), "sampling_levels": len(levels),
+                             "sampling_sigma_start": float(levels[0]),
+                             "score_train_seconds": self.report.seconds,
+                             "score_iterations": self.report.iterations}}
+
+    def score(self, guesses: dict[str, Any], truth: Truth, observation: Observation, run_dir: Path) -> AttackResult:
+        mixtures, targets = torch.stack(observation.requests), torch.stack(truth.images)
+        references, alphas = torch.stack(truth.extra["references"]), torch.tensor(truth.weights)
+        x1, x2 = guesses["sources"]
         recovered = torch.maximum(_msssim(x1, targets), _msssim(x2, targets))
         mixture_guess = _msssim(mixtures, targets)
         oracle = _msssim(((mixtures - (1 - _col(alphas)) * references) / _col(alphas)).clamp(0, 1), targets)
-        mean = public_statistics(task)[0][None]
-        template = _msssim(torch.stack([mean[w] for w in windows]), targets)
-        inits = [attack(cfg.seed + SEED_OFFSET + 1 + i, count=1) for i in range(bss.n_inits)]
+        mean = observation.public.statistics()[0][None]
+        template = _msssim(torch.stack([mean[w] for w in truth.extra["windows"]]), targets)
         figures.save_atomic(figures.separation_examples(targets[0], references[0], mixtures[0],
-                                                        [(s1[0], s2[0]) for s1, s2 in inits],
+                                                        [(s1[0], s2[0]) for s1, s2 in guesses["inits"]],
                                                         float(alphas[0])), run_dir / FIGURE)
         table = [{"guess": name, "msssim_mean": float(v.mean()), "msssim_std": float(v.std(unbiased=False))}
                  for name, v in (("bss (Langevin separation)", recovered), ("mixture as guess", mixture_guess),
@@ -184,37 +264,9 @@ class BlindSourceSeparation(Attack):
         metrics = {"msssim": table[0]["msssim_mean"], "msssim_std": table[0]["msssim_std"],
                    "mixture_msssim": table[1]["msssim_mean"], "template_msssim": table[2]["msssim_mean"],
                    "oracle_msssim": table[3]["msssim_mean"]}
-        settings = {"known_a": bss.known_a, "n_patches": len(targets), "sigma_1": float(model.sigmas[0]),
-                    "num_sigmas": bss.num_sigmas, "sampling_levels": len(levels),
-                    "sampling_sigma_start": float(levels[0]), "score_train_seconds": report.seconds,
-                    "score_iterations": report.iterations}
+        settings = {"known_a": observation.config.known_a, "n_patches": len(targets),
+                    "num_sigmas": observation.config.num_sigmas, **guesses["settings"]}
         return AttackResult(metrics, "bss", table, {"figure": FIGURE}, settings)
-
-
-def victim_patches(defense: Defense, task: Task, cfg: RunConfig) -> tuple[torch.Tensor, ...]:
-    """The harness: ``n_patches`` patches centred on brain voxels of test scans, each scan sent
-    with a fresh key. Returns the observed mixtures ``[n,1,p,p,p]`` and weights ``[n]``, and
-    the truth kept for scoring: the targets, the references and each patch's window."""
-    p, n = cfg.train.patch_size, cfg.attack.bss.n_patches
-    rng = np.random.default_rng(cfg.seed + SEED_OFFSET)
-    generator = torch.Generator().manual_seed(cfg.seed + SEED_OFFSET)
-    scans = task.scans("test")
-    crops: list[list[torch.Tensor]] = [[], [], []]
-    alphas, windows = [], []
-    for i in range(n):
-        image, label = task.load(scans[i % len(scans)])
-        key = defense.new_key(generator)
-        proxy = defense.encode(image[None], key)[0]
-        brain = np.argwhere(label.numpy() > 0)
-        centre = brain[rng.integers(len(brain))] if len(brain) else np.array(label.shape) // 2
-        start = [int(np.clip(c - p // 2, 0, max(s - p, 0))) for c, s in zip(centre, label.shape)]
-        window = (slice(None), *(slice(s, s + p) for s in start))
-        for out, volume in zip(crops, (proxy, image, key.ref_image[0])):
-            out.append(volume[window])
-        alphas.append(key.a)
-        windows.append(window)
-    mixtures, targets, references = (torch.stack(c) for c in crops)
-    return mixtures, torch.tensor(alphas), targets, references, windows
 
 
 def _col(a: torch.Tensor) -> torch.Tensor:

@@ -1,27 +1,36 @@
 """``reid``: subject re-identification by MS-SSIM nearest neighbour (Kim et al., IPMI 2023, Table 2).
 
 Every test scan is sent through the defense with a fresh key. The attacker, who sees the
-requests (``attack.reid.observe=proxy``) or the server's answers (``observe=output``), scores
-every pair by 3D MS-SSIM and names each request after its most similar other request. Scored by
+requests (``attack.reid.observe=proxy``) or the server's answers (``observe=output``, a grant),
+in a shuffled order, scores every pair by 3D MS-SSIM; its guess is that similarity, each request
+named after its most similar other request. The harness scores it by
 :func:`privbench.metrics.retrieval` (top-1, macro F1, mAP) against the subjects the harness
 kept. Calibration in the same table: the same attack on the unprotected scans, and chance.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from privbench import figures
-from privbench.attacks.base import Attack, AttackResult, Truth, observe_test_scans
-from privbench.config import RunConfig
-from privbench.defenses.base import Defense
+from privbench.attacks.base import Attack, AttackResult, Observation, Truth
+from privbench.config import RunConfig, require
 from privbench.metrics import ms_ssim3d_pairs, retrieval
 from privbench.registry import register_attack
-from privbench.tasks.base import REPEATED_SCANS, Task
+from privbench.tasks.base import REPEATED_SCANS
+@dataclass
+class ReidConfig:
+    """MS-SSIM re-identification (Kim et al., IPMI 2023, Table 2)."""
 
-SEED_OFFSET = 7919  # the attack's keys are drawn apart from the utility evaluation's
+    observe: str = "proxy"  # proxy: what the server receives | output: what it returns (a grant)
+
+    def validate(self, run: RunConfig) -> None:
+        require((self.observe in ("proxy", "output"), "attack.reid.observe must be proxy or output"))
+
+
 HEATMAP = "reid_similarity.png"
 
 
@@ -40,7 +49,8 @@ def score(sim: torch.Tensor, truth: Truth) -> dict[str, float]:
 
 
 @register_attack("reid", description="Re-identify subjects by MS-SSIM nearest neighbour among "
-                 "encoded scans (F1, mAP)", paper="Kim et al., IPMI 2023 (Table 2)", requires=(REPEATED_SCANS,))
+                 "encoded scans (F1, mAP)", paper="Kim et al., IPMI 2023 (Table 2)", requires=(REPEATED_SCANS,),
+                 config=ReidConfig)
 class Reidentification(Attack):
     """MS-SSIM nearest-neighbour re-identification of the test subjects."""
 
@@ -48,16 +58,20 @@ class Reidentification(Attack):
     headline = "f1"
     observes = "every test scan's request to the server (or, with observe=output, its answer)"
 
-    def run(self, defense: Defense, task: Task, cfg: RunConfig, *, run_dir: Path,
-            progress: bool = True) -> AttackResult:
-        observe = cfg.attack.reid.observe
-        seen, truth = observe_test_scans(defense, task, seed=cfg.seed + SEED_OFFSET,
-                                         outputs=observe == "output")
-        sim = similarity(seen.outputs if observe == "output" else seen.proxies)
-        metrics = score(sim, truth)
-        raw = score(similarity(truth.images), truth)  # the harness's baseline: unprotected scans
-        figures.save_atomic(figures.similarity_heatmap(sim, truth.subjects, f"{defense.name}: {observe}"),
-                            run_dir / HEATMAP)
+    def granted(self, config: ReidConfig) -> tuple[str, ...]:
+        return ("answers",) if config.observe == "output" else ()
+
+    def reconstruct(self, observation: Observation) -> torch.Tensor:
+        """The all-pairs similarity of what the attacker sees: its guess of who is who."""
+        seen = observation.answers if observation.config.observe == "output" else observation.requests
+        return similarity(seen)
+
+    def score(self, guesses: torch.Tensor, truth: Truth, observation: Observation, run_dir: Path) -> AttackResult:
+        observe = observation.config.observe
+        metrics = score(guesses, truth)
+        raw = score(similarity(truth.images), truth)  # calibration: the same attack on unprotected scans
+        figures.save_atomic(figures.similarity_heatmap(guesses, truth.subjects,
+                                                       f"{observation.defense.name}: {observe}"), run_dir / HEATMAP)
         seen_as = {"proxy": "attack on the requests", "output": "attack on the server's answers"}[observe]
         table = [{"guess": seen_as, **metrics},
                  {"guess": "attack on the unprotected scans", **raw},

@@ -20,17 +20,34 @@ from __future__ import annotations
 
 import abc
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from monai.losses import DiceCELoss
 
 from privbench import engine
-from privbench.config import RunConfig
+from privbench.config import MAX_WEIGHT, RunConfig, require
 from privbench.defenses.base import Defense
 from privbench.identity import PairBatch, PairSampler, pair_loss
 from privbench.nets import SegmentationNet, SiameseDiscriminator
 from privbench.tasks.base import Task
+
+@dataclass
+class AdversaryConfig:
+    """The Siamese identity discriminator that privacy-net and deformation are trained to fool."""
+
+    weight: float = 1.0  # lambda: encoder and segmenter minimise segmentation - lambda * discriminator BCE
+    features: tuple[int, ...] = (8, 16, 32, 64)  # widths of its conv blocks (each halves the patch)
+
+    PRESETS = {"test": {"features": (4, 8, 8, 16)}, "paper": {"features": (16, 32, 64, 128)}}
+
+    def validate(self, run: RunConfig) -> None:
+        require((0 <= self.weight <= MAX_WEIGHT, f"adversary.weight (lambda) must be in [0, {MAX_WEIGHT:g}]"),
+                (len(self.features) >= 1 and min(self.features) >= 1
+                 and run.train.patch_size % 2 ** len(self.features) == 0,
+                 "adversary.features must be positive ints, one block per halving of train.patch_size"))
+
 
 CHANCE = math.log(2)  # cross-entropy of a discriminator that cannot tell
 

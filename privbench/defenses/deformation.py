@@ -17,11 +17,31 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from privbench.config import RunConfig
-from privbench.defenses.adversarial import AdversarialDefense
+from privbench.config import MAX_MM, RunConfig, require
+from privbench.defenses.adversarial import AdversarialDefense, AdversaryConfig
 from privbench.nets import FlowGenerator
 from privbench.registry import register_defense
 from privbench.tasks.base import REPEATED_SCANS
+
+
+@dataclass
+class DeformationConfig:
+    """Deformation-Proxy (Kim et al., BMVC 2021): the client's flow-field generator."""
+
+    max_velocity_mm: float = 8.0  # bound of each velocity component (tanh); displacements stay within it
+    control_spacing_mm: float = 16.0  # distance between the velocity field's control points
+    noise_channels: int = 8  # Gaussian noise per control point, drawn from the key's seed
+    generator_features: int = 32  # width of the generator's layers
+    integration_steps: int = 7  # scaling-and-squaring steps (the field is split into 2^steps)
+
+    PRESETS = {"test": {"generator_features": 8}}
+
+    def validate(self, run: RunConfig) -> None:
+        require((0 <= self.max_velocity_mm <= MAX_MM, f"deformation.max_velocity_mm must be in [0, {MAX_MM}]"),
+                (run.task.spacing <= self.control_spacing_mm <= MAX_MM,
+                 f"deformation.control_spacing_mm must be in [task.spacing, {MAX_MM}]"),
+                (min(self.noise_channels, self.generator_features, self.integration_steps) >= 1,
+                 "deformation.noise_channels, generator_features and integration_steps must be >= 1"))
 
 
 @dataclass(frozen=True)
@@ -34,7 +54,8 @@ class DeformationKey:
 @register_defense("deformation", description="Deformation-Proxy: a pseudo-random invertible "
                   "deformation from a secret seed, learned adversarially; warped back on the client",
                   paper="Kim, Dolz, Desrosiers, Jodoin, BMVC 2021",
-                  requires=(REPEATED_SCANS,))
+                  requires=(REPEATED_SCANS,),
+                  config={"deformation": DeformationConfig, "adversary": AdversaryConfig})
 class DeformationProxy(AdversarialDefense):
     """Flow-field generator on the client, U-Net++ on the server, Siamese discriminator in training."""
 

@@ -21,7 +21,7 @@ import torch
 from monai.losses import DiceCELoss
 
 from privbench import engine
-from privbench.config import RunConfig
+from privbench.config import MAX_WEIGHT, RunConfig, require
 from privbench.defenses.base import Defense
 from privbench.errors import PrivbenchError
 from privbench.evaluation import Evaluation, evaluate_mixup
@@ -29,6 +29,38 @@ from privbench.mixing import MIN_WEIGHT, mix, naive_unmix, one_hot
 from privbench.nets import SegmentationNet, UnmixingNet
 from privbench.registry import register_defense
 from privbench.tasks.base import Task
+
+@dataclass
+class MixupConfig:
+    """Mixup-Privacy (Kim et al., IPMI 2023): mixing weights, loss weights, unmixing net and TTA."""
+
+    a_min: float = 0.0  # training draws a ~ U(a_min, a_max), floored at 1e-3 (the paper: U(0, 1))
+    a_max: float = 1.0
+    eval_a_min: float = 0.3  # evaluation draws one a per test volume ~ U(eval_a_min, eval_a_max)
+    eval_a_max: float = 0.7
+    seg_weight: float = 1.0  # weight of S's Dice + CE against the mixed labels
+    unmix_weight: float = 1.0  # weight of D's Dice + CE against the target labels
+    unmix_features: int = 8  # channels of the unmixing U-Net's first blocks
+    tta: int = 4  # K references of the "+TTA" variants (the paper: 10)
+    tta_max: int = 4  # the Dice-versus-K curve runs K = 1..tta_max (>= tta, >= 2 for test-retest)
+    curve: bool = False  # also measure the utility-privacy curve over fixed a (Dice and the run's attacks)
+    curve_a: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # the curve's weights
+    curve_scans: int = 4  # test scans whose Dice the curve measures at each a
+
+    PRESETS = {"test": {"unmix_features": 4, "tta": 2, "tta_max": 3, "curve_a": (0.3, 0.7), "curve_scans": 1},
+               "paper": {"tta": 10, "tta_max": 30, "unmix_features": 16}}
+
+    def validate(self, run: RunConfig) -> None:
+        require((0 <= self.a_min <= self.a_max <= 1, "mixup.a_min <= mixup.a_max must lie in [0, 1]"),
+                (0 < self.eval_a_min <= self.eval_a_max <= 1, "mixup.eval_a_min <= mixup.eval_a_max must lie in (0, 1]"),
+                (0 <= self.seg_weight <= MAX_WEIGHT and 0 <= self.unmix_weight <= MAX_WEIGHT,
+                 f"mixup.seg_weight and mixup.unmix_weight must be in [0, {MAX_WEIGHT:g}]"),
+                (self.unmix_features >= 1, "mixup.unmix_features must be >= 1"),
+                (1 <= self.tta <= self.tta_max and self.tta_max >= 2,
+                 "mixup.tta must be >= 1 and <= mixup.tta_max, and mixup.tta_max >= 2 (test-retest)"),
+                (len(self.curve_a) >= 1 and all(0 < a <= 1 for a in self.curve_a) and self.curve_scans >= 1,
+                 "mixup.curve_a must be weights in (0, 1] and mixup.curve_scans >= 1"))
+
 
 UNMIXINGS = ("naive", "learned")
 
@@ -53,7 +85,8 @@ class MixupKey:
 
 @register_defense("mixup", description="Mixup-Privacy: mix with a private labelled reference, "
                   "unmix the server's mixed segmentation (naive or learned, with reference TTA)",
-                  paper="Kim, Dolz, Jodoin, Desrosiers, IPMI 2023", requires=("reference pool",))
+                  paper="Kim, Dolz, Jodoin, Desrosiers, IPMI 2023", requires=("reference pool",),
+                  config=MixupConfig)
 class MixupPrivacy(Defense):
     """Server U-Net++ on mixtures and client-side AdaIN unmixing U-Net, trained jointly."""
 

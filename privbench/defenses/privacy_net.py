@@ -9,21 +9,38 @@ subject (:mod:`privbench.defenses.adversarial`). There is no key.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from privbench import engine
-from privbench.config import RunConfig
-from privbench.defenses.adversarial import AdversarialDefense
+from privbench.config import RunConfig, require
+from privbench.defenses.adversarial import AdversarialDefense, AdversaryConfig
 from privbench.defenses.base import Key
 from privbench.nets import EncoderNet
 from privbench.registry import register_defense
 from privbench.tasks.base import REPEATED_SCANS
 
 
+@dataclass
+class PrivacyNetConfig:
+    """Privacy-Net (Kim et al., IEEE TMI 2021): the client's encoder."""
+
+    encoder_features: tuple[int, ...] = (8, 8, 16, 32, 64, 8)  # the encoder U-Net's widths (MONAI BasicUNet)
+
+    PRESETS = {"test": {"encoder_features": (4, 4, 8, 8, 16, 4)},
+               "paper": {"encoder_features": (32, 32, 64, 128, 256, 32)}}
+
+    def validate(self, run: RunConfig) -> None:
+        require((len(self.encoder_features) == 6 and min(self.encoder_features) >= 1,
+                 "privacy_net.encoder_features must be 6 positive ints (BasicUNet)"))
+
+
 @register_defense("privacy-net", description="Privacy-Net: an adversarially trained encoder hides "
                   "identity; the server segments the encoded scan",
                   paper="Kim, Dolz, Jodoin, Desrosiers, IEEE TMI 2021",
-                  requires=(REPEATED_SCANS,))
+                  requires=(REPEATED_SCANS,),
+                  config={"privacy_net": PrivacyNetConfig, "adversary": AdversaryConfig})
 class PrivacyNet(AdversarialDefense):
     """Encoder U-Net on the client, U-Net++ on the server, Siamese discriminator in training."""
 
