@@ -31,11 +31,11 @@ def _step_and_batch(name):
     cfg = config.resolve("quick", defense=name)
     torch.manual_seed(0)
     defense, device, p, b = DEFENSES[name](), torch.device("cpu"), cfg.train.patch_size, cfg.train.batch_size
+    defense.configure(4, QUICK_SPACING, cfg, device)
+    step = defense.build(cfg)
     if name in ("none", "mixup"):
-        step = defense.build(num_classes=4, cfg=cfg, device=device)
         volumes = [torch.rand(b, 1, p, p, p), torch.randint(0, 4, (b, p, p, p))]
         return step, engine.Batch(*volumes, ["s"] * b, torch.rand(b, 1, p, p, p), torch.randint(0, 4, (b, p, p, p)))
-    step = defense.build(4, QUICK_SPACING, cfg, device)
     size = p + 2 * defense.margin()
     sides = [torch.rand(b, 1, size, size, size) for _ in range(2)]
     labels = [torch.randint(0, 4, (b, size, size, size)) for _ in range(2)]

@@ -153,7 +153,7 @@ def attack(run_dir: str | Path, names: list[str], *, progress: bool = True) -> R
     with _interruptible(None), _log_to(run_dir / "run.log"):
         log.info("attack %s with %s", run_dir.name, ", ".join(names))
         engine.seed_everything(cfg.seed, deterministic=device.type == "cpu")
-        defense.fit(task, cfg, device=device, progress=False, workdir=run_dir)  # restores, trains nothing
+        defense.restore(run_dir, task, cfg, device=device)  # trains and writes nothing
         added = {"added": time.strftime("%Y-%m-%dT%H:%M:%S"), **cards.environment(device)}
         entries = [run_attack(create_attack(name), defense, task, cfg, run_dir=run_dir, progress=progress)
                    | {"added_later": added} for name in names]

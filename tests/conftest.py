@@ -22,3 +22,27 @@ def _isolated_cache(cache_dir, monkeypatch: pytest.MonkeyPatch):
 def test_cfg() -> config.RunConfig:
     """The ``test`` preset: a tiny 4 mm cohort and a few training iterations."""
     return config.resolve("test")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, cache_dir):
+    """``trained_run(defense)``: one ``test`` run of ``defense`` with every registered attack
+    (a :class:`~privbench.runner.RunResult`), made once per session and shared."""
+    from privbench import runner
+    from privbench.registry import list_attacks
+
+    out, runs = tmp_path_factory.mktemp("trained"), {}
+
+    def run(defense: str):
+        if defense not in runs:
+            cfg = config.resolve("test", defense=defense)
+            cfg.attacks = tuple(list_attacks())
+            runs[defense] = None  # a failed run fails its first user and is not repeated
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("PRIVBENCH_CACHE", str(cache_dir))
+                runs[defense] = runner.run(cfg, out=out, progress=False)
+        if runs[defense] is None:
+            pytest.fail(f"the run of {defense} failed (see its first test)")
+        return runs[defense]
+
+    return run

@@ -21,7 +21,7 @@ ADVERSARIAL = {"privacy-net": PrivacyNet, "deformation": DeformationProxy}
 def built(name, cfg, task):
     torch.manual_seed(0)
     defense = ADVERSARIAL[name]()
-    defense.build(task.num_classes, task.spacing, cfg, torch.device("cpu"))
+    defense.setup(task, cfg, torch.device("cpu"))
     return defense
 
 

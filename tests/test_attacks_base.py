@@ -32,8 +32,7 @@ def client(cache_dir):
         task = create_task(cfg.task.name, cfg=cfg)
     torch.manual_seed(0)
     defense = MixupPrivacy()
-    defense.attach(task, cfg)
-    defense.build(task.num_classes, cfg, torch.device("cpu"))
+    defense.setup(task, cfg, torch.device("cpu"))
     return cfg, task, defense
 
 

@@ -42,8 +42,7 @@ def untrained(cache_dir):
         task = create_task(cfg.task.name, cfg=cfg)
     torch.manual_seed(0)
     defense = MixupPrivacy()
-    defense.attach(task, cfg)
-    defense.build(task.num_classes, cfg, torch.device("cpu"))
+    defense.setup(task, cfg, torch.device("cpu"))
     image, _ = task.load(task.scans("test")[0])
     return defense, task, image[None]
 

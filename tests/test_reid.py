@@ -25,8 +25,7 @@ def cohort(cache_dir):
         task = create_task(cfg.task.name, cfg=cfg)
     torch.manual_seed(0)
     mixup = MixupPrivacy()
-    mixup.attach(task, cfg)
-    mixup.build(task.num_classes, cfg, torch.device("cpu"))
+    mixup.setup(task, cfg, torch.device("cpu"))
     return cfg, task, mixup
 
 

@@ -21,14 +21,13 @@ from __future__ import annotations
 import abc
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from monai.losses import DiceCELoss
 
 from privbench import engine
 from privbench.config import MAX_WEIGHT, RunConfig, require
-from privbench.defenses.base import Defense
+from privbench.defenses.base import TrainedDefense
 from privbench.identity import PairBatch, PairSampler, pair_loss
 from privbench.nets import SegmentationNet, SiameseDiscriminator
 from privbench.tasks.base import Task
@@ -52,17 +51,14 @@ class AdversaryConfig:
 CHANCE = math.log(2)  # cross-entropy of a discriminator that cannot tell
 
 
-class AdversarialDefense(Defense):
+class AdversarialDefense(TrainedDefense):
     """An encoder (``self.encoder``) and a server U-Net++ (``self.net``) trained end to end
     against a :class:`~privbench.nets.SiameseDiscriminator` (``self.discriminator``)."""
 
-    def fit(self, task: Task, cfg: RunConfig, *, device: torch.device, progress: bool = True,
-            workdir: Path | None = None) -> engine.TrainReport:
-        step = self.build(task.num_classes, task.spacing, cfg, device)
-        sampler = PairSampler(task, cfg.train.patch_size, cfg.train.batch_size, cfg.seed,
-                              margin=self.margin(), foreground=cfg.train.foreground_fraction)
-        return engine.train(step, sampler, cfg.train, state=self.state, device=device,
-                            workdir=workdir, progress=progress, name=self.name)
+    def sampler(self, task: Task, cfg: RunConfig) -> PairSampler:
+        """Same- and different-subject pairs of co-located patches, widened by the margin."""
+        return PairSampler(task, cfg.train.patch_size, cfg.train.batch_size, cfg.seed,
+                           margin=self.margin(), foreground=cfg.train.foreground_fraction)
 
     @abc.abstractmethod
     def build_encoder(self, cfg: RunConfig, spacing: float) -> torch.nn.Module:
@@ -79,12 +75,11 @@ class AdversarialDefense(Defense):
         """Training-time client: proxies ``[N,1,p,p,p]`` of patches ``[N,1,P,P,P]`` (P = p plus
         twice the margin), and the labels ``[N,p,p,p]`` in the proxies' space."""
 
-    def build(self, num_classes: int, spacing: float, cfg: RunConfig, device: torch.device) -> engine.Step:
+    def build(self, cfg: RunConfig) -> engine.Step:
         """Create the encoder, server, discriminator and their optimisers; return one training
         step (the benchmarks time it)."""
-        self.device, self.patch_size, self.num_classes = device, cfg.train.patch_size, num_classes
-        self.eval_cfg, self.amp, self.seed = cfg.eval, cfg.train.amp, cfg.seed
-        self.encoder = self.build_encoder(cfg, spacing).to(device)
+        device, num_classes = self.device, self.num_classes
+        self.encoder = self.build_encoder(cfg, self.spacing).to(device)
         self.net = SegmentationNet(1, num_classes, cfg.train.features).to(device)
         self.discriminator = SiameseDiscriminator(cfg.adversary.features).to(device)
         optimizer = torch.optim.Adam([*self.encoder.parameters(), *self.net.parameters()], lr=cfg.train.lr)
@@ -120,9 +115,3 @@ class AdversarialDefense(Defense):
             return {"loss": loss.item(), "seg": seg.item(), "disc": disc.item()}
 
         return step
-
-    def server(self, proxy: torch.Tensor) -> torch.Tensor:
-        """The U-Net++'s class probabilities for the proxy, window by window."""
-        self.net.eval()
-        return engine.sliding_window_predict(self.net, proxy, self.patch_size, self.eval_cfg,
-                                             self.device, self.amp).cpu()

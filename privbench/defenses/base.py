@@ -1,4 +1,5 @@
-"""The client-server protocol every defense implements (DESIGN.md).
+"""The client-server protocol every defense implements (DESIGN.md), and the base of the
+defenses whose networks are trained (:class:`TrainedDefense`).
 
 Tensors: images ``[B,1,D,H,W]`` float32 in [0, 1]; labels ``[B,D,H,W]`` int64; predictions
 ``[B,C,D,H,W]`` class probabilities (C includes background). The server never receives a key.
@@ -12,8 +13,10 @@ from typing import Any
 
 import torch
 
+from privbench import engine
 from privbench.config import RunConfig
 from privbench.engine import TrainReport
+from privbench.errors import PrivbenchError
 from privbench.evaluation import Evaluation, evaluate_default
 from privbench.tasks.base import Task
 
@@ -30,6 +33,10 @@ class Defense(abc.ABC):
             workdir: Path | None = None) -> TrainReport:
         """Train every network of the defense end to end (resuming from ``workdir`` if it holds a
         checkpoint)."""
+
+    def restore(self, run_dir: Path, task: Task, cfg: RunConfig, *, device: torch.device) -> None:
+        """Load what :meth:`fit` trained in ``run_dir``, training and writing nothing (a defense
+        with nothing trained has nothing to load)."""
 
     def check(self, task: Task, cfg: RunConfig) -> None:
         """Raise :class:`~privbench.errors.PrivbenchError` if the defense cannot run on ``task``
@@ -65,3 +72,61 @@ class Defense(abc.ABC):
         """Utility on the test scans for the card (one request per scan; defenses with
         several variants, like mixup, override this)."""
         return evaluate_default(self, task, cfg, run_dir=run_dir)
+
+
+class TrainedDefense(Defense):
+    """A defense whose networks are trained end to end, in the style of nnU-Net's trainer: the
+    base owns setting up, the loop through :func:`privbench.engine.train`, checkpoints,
+    restoring from a run folder and the server's sliding window over ``self.net``. A defense
+    supplies :meth:`build` (its networks, optimisers and training step), encode and decode,
+    and where it needs them the hooks :meth:`prepare` (client-side state from the task) and
+    :meth:`sampler` (its training batches)."""
+
+    state: dict[str, Any]  # everything a checkpoint holds: networks and optimisers by name
+    net: torch.nn.Module  # the server's network
+
+    def fit(self, task: Task, cfg: RunConfig, *, device: torch.device, progress: bool = True,
+            workdir: Path | None = None) -> TrainReport:
+        step = self.setup(task, cfg, device)
+        return engine.train(step, self.sampler(task, cfg), cfg.train, state=self.state, device=device,
+                            workdir=workdir, progress=progress, name=self.name)
+
+    def restore(self, run_dir: Path, task: Task, cfg: RunConfig, *, device: torch.device) -> None:
+        self.setup(task, cfg, device)
+        path = Path(run_dir) / engine.CHECKPOINT
+        iteration = engine.read_checkpoint(path)["iteration"]
+        if iteration != cfg.train.iterations:
+            raise PrivbenchError(f"{path} holds iteration {iteration}, not the final {cfg.train.iterations}: "
+                                 "the run did not finish")
+        engine.load_checkpoint(Path(run_dir), self.state)
+
+    def setup(self, task: Task, cfg: RunConfig, device: torch.device) -> engine.Step:
+        """Everything but training: the client's state, the networks and optimisers; returns
+        one training step."""
+        self.prepare(task, cfg)
+        self.configure(task.num_classes, task.spacing, cfg, device)
+        return self.build(cfg)
+
+    def configure(self, num_classes: int, spacing: float, cfg: RunConfig, device: torch.device) -> None:
+        """The settings :meth:`build` and the server read (set without a task by the benchmarks)."""
+        self.device, self.num_classes, self.spacing, self.seed = device, num_classes, spacing, cfg.seed
+        self.patch_size, self.eval_cfg, self.amp = cfg.train.patch_size, cfg.eval, cfg.train.amp
+
+    def prepare(self, task: Task, cfg: RunConfig) -> None:
+        """Hook: client-side state taken from the task (mixup: its reference pool)."""
+
+    @abc.abstractmethod
+    def build(self, cfg: RunConfig) -> engine.Step:
+        """Create the networks (``self.net`` is the server's) and optimisers, put all of them in
+        ``self.state``, and return one training step (the benchmarks time it)."""
+
+    def sampler(self, task: Task, cfg: RunConfig) -> engine.Sampler:
+        """Hook: the training batches (default: random patches of the training scans)."""
+        return engine.PatchSampler(task, cfg.train.patch_size, cfg.train.batch_size, cfg.seed,
+                                   foreground=cfg.train.foreground_fraction)
+
+    def server(self, proxy: torch.Tensor) -> torch.Tensor:
+        """The server network's class probabilities for the proxy, window by window."""
+        self.net.eval()
+        return engine.sliding_window_predict(self.net, proxy, self.patch_size, self.eval_cfg,
+                                             self.device, self.amp).cpu()

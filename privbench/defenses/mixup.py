@@ -22,7 +22,7 @@ from monai.losses import DiceCELoss
 
 from privbench import engine
 from privbench.config import MAX_WEIGHT, RunConfig, require
-from privbench.defenses.base import Defense
+from privbench.defenses.base import TrainedDefense
 from privbench.errors import PrivbenchError
 from privbench.evaluation import Evaluation, evaluate_mixup
 from privbench.mixing import MIN_WEIGHT, mix, naive_unmix, one_hot
@@ -87,22 +87,13 @@ class MixupKey:
                   "unmix the server's mixed segmentation (naive or learned, with reference TTA)",
                   paper="Kim, Dolz, Jodoin, Desrosiers, IPMI 2023", requires=("reference pool",),
                   config=MixupConfig)
-class MixupPrivacy(Defense):
+class MixupPrivacy(TrainedDefense):
     """Server U-Net++ on mixtures and client-side AdaIN unmixing U-Net, trained jointly."""
 
     name = "mixup"
 
     def __init__(self, unmix: str = "learned"):
         self.unmix = _checked(unmix)  # what decode() uses unless told otherwise
-
-    def fit(self, task: Task, cfg: RunConfig, *, device: torch.device, progress: bool = True,
-            workdir: Path | None = None) -> engine.TrainReport:
-        self.attach(task, cfg)
-        step = self.build(task.num_classes, cfg, device)
-        sampler = engine.PatchSampler(task, cfg.train.patch_size, cfg.train.batch_size, cfg.seed,
-                                      references=True, foreground=cfg.train.foreground_fraction)
-        return engine.train(step, sampler, cfg.train, state=self.state, device=device,
-                            workdir=workdir, progress=progress, name="mixup")
 
     def check(self, task: Task, cfg: RunConfig) -> None:
         """The reference pool must hold ``mixup.tta_max`` scans (checked before the run folder exists)."""
@@ -111,17 +102,23 @@ class MixupPrivacy(Defense):
             raise PrivbenchError(f"mixup.tta_max={cfg.mixup.tta_max} needs as many reference scans; "
                                  f"task {task.name!r} has {pool} (raise task.reference_subjects)")
 
+    def prepare(self, task: Task, cfg: RunConfig) -> None:
+        self.attach(task, cfg)
+
     def attach(self, task: Task, cfg: RunConfig) -> None:
         """Give the client its reference pool (the task's ``reference`` scans, loaded lazily)."""
         self.check(task, cfg)
         self.task, self.pool = task, task.scans("reference")
         self.eval_range = (cfg.mixup.eval_a_min, cfg.mixup.eval_a_max)
 
-    def build(self, num_classes: int, cfg: RunConfig, device: torch.device) -> engine.Step:
+    def sampler(self, task: Task, cfg: RunConfig) -> engine.Sampler:
+        """Patches of the training scans, each with the co-located patch of a reference."""
+        return engine.PatchSampler(task, cfg.train.patch_size, cfg.train.batch_size, cfg.seed,
+                                   references=True, foreground=cfg.train.foreground_fraction)
+
+    def build(self, cfg: RunConfig) -> engine.Step:
         """Create S, D and their optimiser; return one end-to-end training step."""
-        m = cfg.mixup
-        self.device, self.patch_size, self.num_classes = device, cfg.train.patch_size, num_classes
-        self.eval_cfg, self.amp = cfg.eval, cfg.train.amp
+        m, device, num_classes = cfg.mixup, self.device, self.num_classes
         self.net = SegmentationNet(1, num_classes, cfg.train.features).to(device)
         self.unmixer = UnmixingNet(num_classes, m.unmix_features).to(device)
         params = list(self.net.parameters()) + list(self.unmixer.parameters())
@@ -167,12 +164,6 @@ class MixupPrivacy(Defense):
     def encode(self, image: torch.Tensor, key: MixupKey) -> torch.Tensor:
         """One image ``[1,1,D,H,W]`` -> its K mixtures ``[K,1,D,H,W]``."""
         return mix(image.expand(len(key), *image.shape[1:]), key.ref_image, key.a)
-
-    def server(self, proxy: torch.Tensor) -> torch.Tensor:
-        """Mixed probabilities ``[K,C,...]`` for K mixtures, one batched pass per window."""
-        self.net.eval()
-        return engine.sliding_window_predict(self.net, proxy, self.patch_size, self.eval_cfg,
-                                             self.device, self.amp).cpu()
 
     def decode(self, server_output: torch.Tensor, key: MixupKey, unmix: str | None = None) -> torch.Tensor:
         """Unmixed probabilities ``[K,C,...]``, one per reference of the key."""
