@@ -59,11 +59,17 @@ def new_run_dir(out: Path, task: str, defense: str, config_hash: str) -> Path:
 def find_resumable(out: Path, task: str, defense: str, config_hash: str) -> Path | None:
     """The newest unfinished run (checkpoint, no card) of the same config, if any."""
     parent = Path(out) / task / defense
-    candidates = sorted(parent.glob(f"*-{config_hash}*")) if parent.is_dir() else []
+    candidates = sorted(parent.glob(f"*-{config_hash}*"), key=_creation_order) if parent.is_dir() else []
     for run_dir in reversed(candidates):
         if (run_dir / "checkpoint.pt").exists() and not (run_dir / CARD).exists():
             return run_dir
     return None
+
+
+def _creation_order(run_dir: Path) -> tuple[str, int]:
+    """``<time>-<hash>[-n]`` by time, then by ``n`` as a number (``-10`` after ``-9``)."""
+    base, _, n = run_dir.name.rpartition("-")
+    return (base, int(n)) if n.isdigit() and base.count("-") == 2 else (run_dir.name, 0)
 
 
 def read_card(path: Path) -> dict[str, Any]:
