@@ -1,10 +1,11 @@
 """Result cards and run directories.
 
 One run writes ``<out>/<task>/<defense>/<run-id>/`` with ``config.json`` (at the start),
-``checkpoint.pt``, ``run.log``, raw per-scan scores and, when it finishes, ``card.json``: the
-resolved config and its hash, seed, code and library versions, device, timings and metrics
-for every evaluated variant (and attack, once there are attacks). Every file is written
-atomically, so a crash never leaves a half-written card.
+``checkpoint.pt``, ``run.log``, raw per-scan scores and, when it finishes, ``card.json``: a
+:class:`Card` (schema version 2, documented in the README) holding the resolved config and its
+hash, seed, code and library versions, device, precision, timings, the utility of every
+evaluated variant and every attack with what it was granted. Every file is written atomically,
+so a crash never leaves a half-written card. Version-1 cards are still read.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import platform
 import subprocess
 import time
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -24,9 +26,58 @@ from privbench.errors import PrivbenchError
 
 CARD = "card.json"
 CONFIG = "config.json"
-CARD_VERSION = 1
+CARD_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 LIBRARIES = ("privbench", "torch", "monai", "numpy", "scipy", "nibabel", "nilearn", "pandas",
              "pytorch-msssim", "typer", "rich", "matplotlib")
+
+
+@dataclass
+class Card:
+    """One run's result card (``card.json``, schema version 2; README "The card")."""
+
+    run_id: str  # the run folder's name: <time>-<config hash>[-n]
+    task: str
+    defense: str
+    preset: str
+    seed: int
+    config_hash: str  # privbench.config.config_hash of ``config``
+    config: dict[str, Any]  # the resolved config (privbench.config.to_dict)
+    timings: dict[str, Any]  # seconds and rates: data, training, evaluation, inference per volume
+    utility: list[dict[str, Any]]  # per evaluated variant: variant, n_scans, dice and dice_std per class
+    attacks: list[dict[str, Any]]  # per attack: status, granted, metrics, table, settings, files, seconds
+    files: dict[str, str]  # what the run folder holds, by role
+    data: dict[str, Any] = field(default_factory=dict)  # the task's summary: classes, spacing, scans by role
+    code: dict[str, Any] = field(default_factory=dict)  # privbench version, git commit, uncommitted changes
+    libraries: dict[str, Any] = field(default_factory=dict)  # versions of the libraries in LIBRARIES
+    python: str = ""
+    platform: str = ""
+    device: dict[str, Any] = field(default_factory=dict)  # type, name, threads
+    precision: dict[str, Any] = field(default_factory=dict)  # dtype the networks ran in, and why
+    amp: bool = False  # whether bfloat16 autocast was on (kept from version 1)
+    sections: dict[str, Any] = field(default_factory=dict)  # the defense's own (mixup: tta_curve, ...), top-level in JSON
+    summary: list[str] = field(default_factory=list)  # the defense's own summary lines
+    card_version: int = CARD_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        """The card as JSON data: its fields, with the defense's sections as top-level keys."""
+        data = {"card_version": self.card_version, **asdict(self)}
+        sections = data.pop("sections")
+        clash = set(sections) & set(data)
+        if clash:
+            raise ValueError(f"a defense's card section may not be named {sorted(clash)}")
+        return data | sections
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Card":
+        """A card from JSON data of version 1 or 2 (a missing required field raises KeyError)."""
+        names = {f.name for f in fields(cls)}
+        known = {k: v for k, v in data.items() if k in names and k != "sections"}
+        missing = [f.name for f in fields(cls) if f.name not in known
+                   and f.default is MISSING and f.default_factory is MISSING]  # fields without a default
+        if missing:
+            raise KeyError(missing[0])
+        return cls(**known, sections={k: v for k, v in data.items() if k not in names})
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -73,14 +124,31 @@ def _creation_order(run_dir: Path) -> tuple[str, int]:
 
 
 def read_card(path: Path) -> dict[str, Any]:
-    """Load one card; a missing, unreadable or foreign file raises :class:`PrivbenchError`."""
+    """One card's JSON data; a missing, unreadable or foreign file raises :class:`PrivbenchError`."""
     try:
         card = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise PrivbenchError(f"unreadable card {path}: {exc}") from exc
-    if not isinstance(card, dict) or card.get("card_version") != CARD_VERSION:
-        raise PrivbenchError(f"{path} is not a privbench card (version {CARD_VERSION})")
+    if not isinstance(card, dict) or card.get("card_version") not in READABLE_VERSIONS:
+        versions = " or ".join(map(str, READABLE_VERSIONS))
+        raise PrivbenchError(f"{path} is not a privbench card (version {versions})")
     return card
+
+
+def load(path: Path) -> Card:
+    """One card as a :class:`Card` (version 1 or 2); a malformed one raises :class:`PrivbenchError`."""
+    data = read_card(path)
+    try:
+        return Card.from_json(data)
+    except KeyError as exc:
+        raise PrivbenchError(f"malformed card {path}: missing {exc}") from exc
+    except TypeError as exc:
+        raise PrivbenchError(f"malformed card {path}: {exc}") from exc
+
+
+def write(path: Path, card: Card) -> None:
+    """Write ``card`` atomically as JSON (no NaN or infinite number)."""
+    write_json_atomic(path, card.to_json())
 
 
 def environment(device: torch.device) -> dict[str, Any]:

@@ -95,26 +95,22 @@ def attack_(
 
 def _print_card(result: runner.RunResult) -> None:
     card = result.card
-    table = Table(title=f"{card['task']} / {card['defense']}  (preset {card['preset']}, seed {card['seed']})")
+    table = Table(title=f"{card.task} / {card.defense}  (preset {card.preset}, seed {card.seed})")
     table.add_column("variant")
-    classes = [c for c in card["utility"][0]["dice"] if c != "mean"]
+    classes = [c for c in card.utility[0]["dice"] if c != "mean"]
     for name in classes + ["mean"]:
         table.add_column(f"Dice {name}", justify="right")
-    for entry in card["utility"]:
+    for entry in card.utility:
         table.add_row(entry["variant"], *(_cell(entry["dice"][c]) if entry["dice"][c] is not None
                                           else "n/a" for c in classes + ["mean"]))
     console.print(table)
-    t = card["timings"]
+    t = card.timings
     console.print(f"training {t['train_seconds']:.0f} s ({t['train_it_per_s']:.2f} it/s), "
-                  f"inference {t['infer_seconds_per_volume']:.2f} s/volume on {card['device']['type']}"
-                  + (f" in {card['precision']['dtype']}" if "precision" in card else ""))
-    if "tta_seconds_per_volume" in t:
-        console.print(f"reference TTA with K={t['tta_k']}: {t['tta_seconds_per_volume']:.2f} s/volume")
-    for unmix, classes_icc in card.get("test_retest", {}).items():
-        console.print(f"test-retest ICC(A,1), {unmix}: " + ", ".join(
-            f"{c} {v['icc']:.3f} [{v['lower95']:.3f}, {v['upper95']:.3f}]" if v["icc"] is not None
-            else f"{c} n/a ({v['n_scans']} scans score it)" for c, v in classes_icc.items()))
-    for entry in card["attacks"]:
+                  f"inference {t['infer_seconds_per_volume']:.2f} s/volume on {card.device.get('type', '?')}"
+                  + (f" in {card.precision['dtype']}" if card.precision else ""))
+    for line in card.summary:  # the defense's own lines (mixup: TTA cost, test-retest)
+        console.print(line)
+    for entry in card.attacks:
         if entry["status"] != "done":
             console.print(f"attack {entry['attack']}: {entry['status']} ({entry['reason']})")
             continue

@@ -1,8 +1,8 @@
 """Result cards -> leaderboard tables (CSV and Markdown).
 
-Every card found under a folder contributes one row per evaluated variant: task, defense,
-variant, the attacks run, seed, Dice, the attacks' headline metrics, timings and config hash.
-Cards that cannot be read are reported, not fatal.
+Every card found under a folder (schema version 1 or 2) contributes one row per evaluated
+variant: task, defense, variant, the attacks run, seed, Dice, the attacks' headline metrics,
+timings and config hash. Cards that cannot be read are reported, not fatal.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from privbench.card import CARD, read_card, write_text_atomic
+from privbench.card import CARD, Card, load, write_text_atomic
 from privbench.errors import PrivbenchError
 
 ID_COLUMNS = ["task", "defense", "variant", "attack", "seed", "preset"]
@@ -30,19 +30,18 @@ class Leaderboard:
     unreadable: list[tuple[Path, str]]
 
 
-def card_rows(card: dict[str, Any]) -> list[dict[str, Any]]:
+def card_rows(card: Card) -> list[dict[str, Any]]:
     """One flat row per utility variant of a card; each attack's headline metrics are columns
     (``<label>_<metric>``) of every row, and ``attack`` lists the attacks that ran."""
-    timings = card.get("timings", {})
-    done = [entry for entry in card.get("attacks", []) if entry.get("status") == "done"]
-    common = {"task": card["task"], "defense": card["defense"], "seed": card["seed"],
+    done = [entry for entry in card.attacks if entry.get("status") == "done"]
+    common = {"task": card.task, "defense": card.defense, "seed": card.seed,
               "attack": ",".join(entry["label"] for entry in done),
-              "preset": card.get("preset", ""), "config_hash": card["config_hash"],
-              "run_id": card["run_id"], **{k: timings.get(k) for k in TIMING_COLUMNS},
+              "preset": card.preset, "config_hash": card.config_hash,
+              "run_id": card.run_id, **{k: card.timings.get(k) for k in TIMING_COLUMNS},
               **{f"{entry['label']}_{k}": v for entry in done for k, v in entry["metrics"].items()}}
     return [{**common, "variant": entry["variant"],
              **{f"dice_{name}": value for name, value in entry["dice"].items()}}
-            for entry in card.get("utility", [])]
+            for entry in card.utility]
 
 
 def collect(root: str | Path) -> Leaderboard:
@@ -54,7 +53,7 @@ def collect(root: str | Path) -> Leaderboard:
     unreadable: list[tuple[Path, str]] = []
     for path in sorted(root.rglob(CARD)):
         try:
-            rows += card_rows(read_card(path))
+            rows += card_rows(load(path))
         except PrivbenchError as exc:
             unreadable.append((path, str(exc)))
         except KeyError as exc:

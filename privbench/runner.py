@@ -1,12 +1,12 @@
-"""One run: task -> defense.fit -> utility evaluation -> attacks (-> a-curve) -> card.
+"""One run: task -> defense.fit -> defense.evaluate -> attacks -> defense.study -> card.
 
 :func:`run` is what ``privbench run`` calls. It checks every name, builds the task (bad data
 and unmet requirements stop it here, before anything is written), creates (or, with
 ``resume``, reopens) the run folder, trains the defense, lets it evaluate itself on the test
-scans through its client-server protocol (:mod:`privbench.evaluation`), runs the attacks and,
-for mixup with ``mixup.curve``, the utility-privacy curve (:mod:`privbench.curve`), and writes
-per-scan scores, figures and the card. :func:`attack` (``privbench attack``) adds attacks to a
-finished run.
+scans through its client-server protocol (:mod:`privbench.evaluation`), runs the attacks
+through their boundary (:mod:`privbench.attacks.base`), lets the defense run a study of its own
+(mixup: the a-curve), and writes per-scan scores, figures and the :class:`~privbench.card.Card`.
+:func:`attack` (``privbench attack``) adds attacks to a finished run.
 """
 
 from __future__ import annotations
@@ -19,14 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
+import torch
+
 from privbench import card as cards
+from privbench.card import Card
 from privbench.attacks.base import Attack, attack_config, card_entry, execute
 from privbench import engine, finite, precision, resources
 from privbench.config import RunConfig, config_hash, from_dict, to_dict
-from privbench.curve import utility_privacy_curve
 from privbench.defenses.base import Defense
 from privbench.errors import Interrupted, NonFiniteError, PrivbenchError
-from privbench.evaluation import PER_SCAN
+from privbench.evaluation import PER_SCAN, Study
 from privbench.tasks.base import PUBLIC_POOL, REPEATED_SCANS, Task
 from privbench.registry import ATTACKS, DEFENSES, TASKS, create_attack, create_defense, create_task
 
@@ -39,7 +41,7 @@ class RunResult:
     """Where a run wrote its files, and its card."""
 
     run_dir: Path
-    card: dict[str, Any]
+    card: Card
 
 
 def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
@@ -52,13 +54,7 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
     before the run folder exists. A NaN or infinite loss, prediction or score stops the run
     with :class:`~privbench.errors.NonFiniteError` and no card.
     """
-    TASKS.get(cfg.task.name)  # unknown names fail before any work is done
-    DEFENSES.get(cfg.defense)
-    for name in cfg.attacks:
-        ATTACKS.get(name)
-    device = engine.resolve_device(cfg.device)
-    resources.check_fits(cfg, device)
-    digest = config_hash(cfg)
+    device, digest = _checked(cfg)
     run_dir = cards.find_resumable(Path(out), cfg.task.name, cfg.defense, digest) if resume else None
     if resume and run_dir is None:
         raise PrivbenchError(f"nothing to resume: no unfinished {cfg.task.name}/{cfg.defense} "
@@ -70,63 +66,54 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
     attackers = [create_attack(name) for name in cfg.attacks]
     check_requirements(task, cfg, defense)
     chosen = precision.choose(device, cfg.train.amp)
-    if run_dir is None:
-        run_dir = cards.new_run_dir(Path(out), cfg.task.name, cfg.defense, digest)
-    config = to_dict(cfg)
+    run_dir = run_dir or cards.new_run_dir(Path(out), cfg.task.name, cfg.defense, digest)
     with _interruptible(run_dir), _log_to(run_dir / "run.log"):
-        cards.write_json_atomic(run_dir / cards.CONFIG, {"config": config, "config_hash": digest})
+        cards.write_json_atomic(run_dir / cards.CONFIG, {"config": to_dict(cfg), "config_hash": digest})
         log.info("run %s: task %s, defense %s, preset %s, seed %d, config %s", run_dir.name,
                  cfg.task.name, cfg.defense, cfg.preset, cfg.seed, digest)
-        log.info("precision: %s (%s)", chosen.dtype, chosen.reason)
+        log.info("precision: %s (%s); data ready in %.1f s: %s", chosen.dtype, chosen.reason,
+                 data_seconds, task.summary())
         engine.seed_everything(cfg.seed, deterministic=device.type == "cpu")
-        log.info("data ready in %.1f s: %s", data_seconds, task.summary())
         report = defense.fit(task, cfg, device=device, progress=progress, workdir=run_dir)
         began = time.perf_counter()
         evaluation = _stage(f"evaluation of {cfg.defense}", defense.evaluate, task, cfg, run_dir=run_dir)
-        eval_seconds = time.perf_counter() - began
+        timings = {"data_seconds": data_seconds, **_training_timings(report),
+                   "eval_seconds": time.perf_counter() - began, **evaluation.timings}
         finite.require(evaluation.utility, f"evaluation of {cfg.defense}")
         cards.write_text_atomic(run_dir / PER_SCAN, evaluation.per_scan.to_csv(index=False))
         for entry in evaluation.utility:
             log.info("test dice (%s): %s", entry["variant"], entry["dice"])
         attacks = [run_attack(attacker, defense, task, cfg, run_dir=run_dir, progress=progress)
                    for attacker in attackers]
-        curve = None
-        if cfg.defense == "mixup" and cfg.mixup.curve:
-            curve = _stage("the a-curve", utility_privacy_curve, defense, task, cfg, attackers,
-                           run_dir=run_dir, progress=progress)
-        card = {
-            "card_version": cards.CARD_VERSION,
-            "run_id": run_dir.name,
-            "task": cfg.task.name,
-            "defense": cfg.defense,
-            "preset": cfg.preset,
-            "seed": cfg.seed,
-            "config_hash": digest,
-            "config": config,
-            **cards.environment(device),
-            "amp": chosen.autocast,
-            "precision": chosen.card(),
-            "data": task.summary(),
-            "timings": {
-                "data_seconds": data_seconds,
-                "train_seconds": report.seconds,
-                "train_iterations": report.iterations,
-                "train_resumed_from": report.start_iteration,
-                "train_it_per_s": report.it_per_s,
-                "train_seconds_per_iteration": 1 / report.it_per_s if report.it_per_s else None,
-                "eval_seconds": eval_seconds,
-                **evaluation.timings,
-            },
-            "utility": evaluation.utility,
-            **evaluation.sections,
-            "attacks": attacks,
-            **({"a_curve": curve["rows"]} if curve else {}),
-            "files": {"checkpoint": engine.CHECKPOINT, "log": "run.log", "per_scan": PER_SCAN,
-                      **evaluation.files, **(curve["files"] if curve else {})},
-        }
-        cards.write_json_atomic(run_dir / cards.CARD, card)
+        study = _stage(f"the study of {cfg.defense}", defense.study, task, cfg, attackers,
+                       run_dir=run_dir, progress=progress) or Study()
+        card = Card(run_dir.name, cfg.task.name, cfg.defense, cfg.preset, cfg.seed, digest, to_dict(cfg),
+                    timings, evaluation.utility, attacks,
+                    {"checkpoint": engine.CHECKPOINT, "log": "run.log", "per_scan": PER_SCAN,
+                     **evaluation.files, **study.files},
+                    data=task.summary(), **cards.environment(device), precision=chosen.card(),
+                    amp=chosen.autocast, sections={**evaluation.sections, **study.sections},
+                    summary=evaluation.summary)
+        cards.write(run_dir / cards.CARD, card)
         log.info("card written to %s", run_dir / cards.CARD)
     return RunResult(run_dir, card)
+
+
+def _checked(cfg: RunConfig) -> tuple[torch.device, str]:
+    """Fail on unknown names and on a run that cannot fit in memory; the device and config hash."""
+    TASKS.get(cfg.task.name)
+    DEFENSES.get(cfg.defense)
+    for name in cfg.attacks:
+        ATTACKS.get(name)
+    device = engine.resolve_device(cfg.device)
+    resources.check_fits(cfg, device)
+    return device, config_hash(cfg)
+
+
+def _training_timings(report: engine.TrainReport) -> dict[str, Any]:
+    return {"train_seconds": report.seconds, "train_iterations": report.iterations,
+            "train_resumed_from": report.start_iteration, "train_it_per_s": report.it_per_s,
+            "train_seconds_per_iteration": 1 / report.it_per_s if report.it_per_s else None}
 
 
 def attack(run_dir: str | Path, names: list[str], *, progress: bool = True) -> RunResult:
@@ -135,8 +122,8 @@ def attack(run_dir: str | Path, names: list[str], *, progress: bool = True) -> R
     run's final checkpoint, which is only read; each new entry records when and with which code
     it ran."""
     run_dir = Path(run_dir)
-    card = cards.read_card(run_dir / cards.CARD)
-    cfg = from_dict(card["config"])
+    card = cards.load(run_dir / cards.CARD)
+    cfg = from_dict(card.config)
     for name in names:
         ATTACKS.get(name)
     cfg.attacks = tuple(names)
@@ -157,8 +144,8 @@ def attack(run_dir: str | Path, names: list[str], *, progress: bool = True) -> R
         added = {"added": time.strftime("%Y-%m-%dT%H:%M:%S"), **cards.environment(device)}
         entries = [run_attack(create_attack(name), defense, task, cfg, run_dir=run_dir, progress=progress)
                    | {"added_later": added} for name in names]
-        card["attacks"] = [e for e in card["attacks"] if e["attack"] not in names] + entries
-        cards.write_json_atomic(run_dir / cards.CARD, card)
+        card.attacks = [e for e in card.attacks if e["attack"] not in names] + entries
+        cards.write(run_dir / cards.CARD, card)
         log.info("card updated: %s", run_dir / cards.CARD)
     return RunResult(run_dir, card)
 

@@ -37,9 +37,9 @@ def test_json_is_written_readably_and_a_nan_deep_in_a_list_names_its_field(tmp_p
 @pytest.mark.parametrize("content, message", [
     (None, "unreadable card"),
     ("{half a card", "unreadable card"),
-    ("[1, 2]", "is not a privbench card (version 1)"),
-    ('{"card_version": 2}', "is not a privbench card (version 1)"),
-    ('{"task": "mni-tissue"}', "is not a privbench card (version 1)"),
+    ("[1, 2]", "is not a privbench card (version 1 or 2)"),
+    ('{"card_version": 3}', "is not a privbench card (version 1 or 2)"),
+    ('{"task": "mni-tissue"}', "is not a privbench card (version 1 or 2)"),
 ])
 def test_read_card_refuses_what_is_not_a_card(tmp_path, content, message):
     path = tmp_path / "card.json"

@@ -20,7 +20,7 @@ def test_every_built_in_defense_uses_the_base():
 @pytest.mark.parametrize("name", TRAINED)
 def test_a_restored_defense_trains_nothing_and_reproduces_the_card(name, trained_run, tmp_path, monkeypatch):
     result = trained_run(name)
-    cfg = config.from_dict(result.card["config"])
+    cfg = config.from_dict(result.card.config)
     task = create_task(cfg.task.name, cfg=cfg)
     checkpoint = result.run_dir / engine.CHECKPOINT
     before = checkpoint.read_bytes()
@@ -29,15 +29,15 @@ def test_a_restored_defense_trains_nothing_and_reproduces_the_card(name, trained
     torch.manual_seed(12345)  # other initial weights: only the checkpoint can give the card's numbers
     restored = DEFENSES.create(name)
     restored.restore(result.run_dir, task, cfg, device=torch.device("cpu"))
-    assert restored.evaluate(task, cfg, run_dir=tmp_path).utility == result.card["utility"]
+    assert restored.evaluate(task, cfg, run_dir=tmp_path).utility == result.card.utility
     assert checkpoint.read_bytes() == before
 
 
 def test_restoring_an_unfinished_run_is_refused(trained_run):
     result = trained_run("none")
-    cfg = config.from_dict(result.card["config"])
+    cfg = config.from_dict(result.card.config)
     task = create_task(cfg.task.name, cfg=cfg)
-    longer = config.from_dict(result.card["config"])
+    longer = config.from_dict(result.card.config)
     longer.train.iterations = cfg.train.iterations + 2
     with pytest.raises(PrivbenchError, match="holds iteration 3, not the final 5: the run did not finish"):
         DEFENSES.create("none").restore(result.run_dir, task, longer, device=torch.device("cpu"))

@@ -184,7 +184,7 @@ def test_linkage_applies_to_every_defense(tmp_path):
 def test_the_curve_fixes_a_for_every_request_and_restores_the_range_after(cohort, tmp_path):
     from types import SimpleNamespace
 
-    from privbench import curve
+    from privbench.defenses.mixup import curve
     from privbench.mixing import one_hot
 
     cfg, task = cohort
@@ -211,5 +211,5 @@ def test_the_curve_fixes_a_for_every_request_and_restores_the_range_after(cohort
     client.scan = task.scans("test")[0]  # the one scan the curve scores: decode returns its truth
     result = curve.utility_privacy_curve(client, task, cfg, [], run_dir=tmp_path)
     assert client.weights == [(0.2, 0.2), (0.6, 0.6)] and client.eval_range == (0.3, 0.7)
-    assert [row["a"] for row in result["rows"]] == [0.2, 0.6]
-    assert all(row[f"dice_{v}"] == 1.0 for row in result["rows"] for v in ("naive", "learned+tta"))
+    assert [row["a"] for row in result.sections["a_curve"]] == [0.2, 0.6]
+    assert all(row[f"dice_{v}"] == 1.0 for row in result.sections["a_curve"] for v in ("naive", "learned+tta"))

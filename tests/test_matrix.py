@@ -29,9 +29,9 @@ def _is_number(value):
 @pytest.mark.parametrize("defense, attack", [(d, a) for d in DEFENSES for a in ATTACKS])
 def test_every_defense_against_every_attack(card_of, defense, attack):
     card = card_of(defense)
-    assert card["defense"] == defense and card["preset"] == "test"
-    assert [e["attack"] for e in card["attacks"]] == list(ATTACKS)  # one entry per attack, in order
-    (entry,) = [e for e in card["attacks"] if e["attack"] == attack]
+    assert card.defense == defense and card.preset == "test" and card.card_version == 2
+    assert [e["attack"] for e in card.attacks] == list(ATTACKS)  # one entry per attack, in order
+    (entry,) = [e for e in card.attacks if e["attack"] == attack]
     attacker = create_attack(attack)
     if not attacker.applies(defense):
         assert entry["status"] == NOT_APPLICABLE
@@ -41,10 +41,11 @@ def test_every_defense_against_every_attack(card_of, defense, attack):
         assert entry["metrics"] and all(_is_number(v) for v in entry["metrics"].values()), entry["metrics"]
         assert attacker.headline in entry["metrics"]
         assert entry["seconds"] > 0
-    assert card["utility"]
-    for variant in card["utility"]:
+        assert entry["granted"][:2] == ["requests", "defense's public config"]
+    assert card.utility
+    for variant in card.utility:
         dice = variant["dice"]
         assert all(_is_number(v) and 0 <= v <= 1 for v in dice.values()), (variant["variant"], dice)
         classes = [v for k, v in dice.items() if k != "mean"]
         assert dice["mean"] == pytest.approx(sum(classes) / len(classes))
-        assert variant["n_scans"] == card["data"]["test_scans"]
+        assert variant["n_scans"] == card.data["test_scans"]

@@ -11,7 +11,7 @@ from privbench import config, engine
 from privbench.cli import app
 from privbench.defenses.mixup import MixupKey, MixupPrivacy
 from privbench.errors import PrivbenchError
-from privbench.evaluation import retest_icc
+from privbench.defenses.mixup.study import retest_icc
 from privbench.mixing import mix
 from privbench.registry import create_task
 
@@ -156,7 +156,7 @@ def test_too_few_references_fail_before_training(tmp_path):
 
 
 def test_retest_icc_is_none_for_a_class_scored_in_fewer_than_two_scans():
-    from privbench.evaluation import retest_icc
+    from privbench.defenses.mixup.study import retest_icc
 
     # rows alternate reference 1 / reference 2 of one scan; the second class is scored in one scan only
     pairs = np.array([[0.80, np.nan], [0.82, np.nan], [0.60, 0.50], [0.62, np.nan], [0.70, 0.40], [0.71, 0.45]])

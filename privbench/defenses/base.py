@@ -17,7 +17,7 @@ from privbench import engine
 from privbench.config import RunConfig
 from privbench.engine import TrainReport
 from privbench.errors import PrivbenchError
-from privbench.evaluation import Evaluation, evaluate_default
+from privbench.evaluation import Evaluation, Study, evaluate_default
 from privbench.tasks.base import Task
 
 Key = Any  # a defense's client-side secret; None where there is none
@@ -72,6 +72,11 @@ class Defense(abc.ABC):
         """Utility on the test scans for the card (one request per scan; defenses with
         several variants, like mixup, override this)."""
         return evaluate_default(self, task, cfg, run_dir=run_dir)
+
+    def study(self, task: Task, cfg: RunConfig, attacks: list[Any], *, run_dir: Path,
+              progress: bool = True) -> Study | None:
+        """Hook: a study of the defense's own after the attacks (mixup: the a-curve), or None."""
+        return None
 
 
 class TrainedDefense(Defense):

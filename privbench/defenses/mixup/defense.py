@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +25,9 @@ from privbench import engine
 from privbench.config import MAX_WEIGHT, RunConfig, require
 from privbench.defenses.base import TrainedDefense
 from privbench.errors import PrivbenchError
-from privbench.evaluation import Evaluation, evaluate_mixup
+from privbench.defenses.mixup.curve import utility_privacy_curve
+from privbench.defenses.mixup.study import evaluate_mixup
+from privbench.evaluation import Evaluation, Study
 from privbench.mixing import MIN_WEIGHT, mix, naive_unmix, one_hot
 from privbench.nets import SegmentationNet, UnmixingNet
 from privbench.registry import register_defense
@@ -194,7 +197,15 @@ class MixupPrivacy(TrainedDefense):
         return self.decode(self.server(self.encode(image, key)), key).mean(0, keepdim=True)
 
     def evaluate(self, task: Task, cfg: RunConfig, *, run_dir: Path) -> Evaluation:
+        """The paper's Table 1 study (:mod:`privbench.defenses.mixup.study`)."""
         return evaluate_mixup(self, task, cfg, run_dir=run_dir)
+
+    def study(self, task: Task, cfg: RunConfig, attacks: list[Any], *, run_dir: Path,
+              progress: bool = True) -> Study | None:
+        """With ``mixup.curve``: the utility-privacy curve over a (:mod:`privbench.defenses.mixup.curve`)."""
+        if not cfg.mixup.curve:
+            return None
+        return utility_privacy_curve(self, task, cfg, attacks, run_dir=run_dir, progress=progress)
 
 
 def _checked(unmix: str) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,12 +20,11 @@ import pandas as pd
 from privbench import card as cards
 from privbench import figures, streams
 from privbench.attacks.base import Attack, execute
+from privbench.defenses.mixup.plots import utility_privacy_curve as curve_figure
 from privbench.config import RunConfig
+from privbench.evaluation import Study
 from privbench.metrics import dice
 from privbench.tasks.base import Task
-
-if TYPE_CHECKING:
-    from privbench.defenses.mixup import MixupPrivacy
 
 log = logging.getLogger("privbench")
 CSV = "a_curve.csv"
@@ -33,7 +32,7 @@ PNG = "a_curve.png"
 FOLDER = "a_curve"
 
 
-def variant_dice(defense: "MixupPrivacy", task: Task, cfg: RunConfig) -> dict[str, float]:
+def variant_dice(defense: Any, task: Task, cfg: RunConfig) -> dict[str, float]:
     """Mean test Dice (over classes, then scans) of the four variants on ``mixup.curve_scans``
     test scans, with keys drawn from the defense's current weight range."""
     generator = streams.generator(cfg.seed, "client", "a-curve")
@@ -49,8 +48,8 @@ def variant_dice(defense: "MixupPrivacy", task: Task, cfg: RunConfig) -> dict[st
     return {f"dice_{variant}": float(np.nanmean(values)) for variant, values in scores.items()}
 
 
-def utility_privacy_curve(defense: "MixupPrivacy", task: Task, cfg: RunConfig, attacks: list[Attack], *,
-                          run_dir: Path, progress: bool = True) -> dict[str, Any]:
+def utility_privacy_curve(defense: Any, task: Task, cfg: RunConfig, attacks: list[Attack], *,
+                          run_dir: Path, progress: bool = True) -> Study:
     """Dice and the attacks' headline numbers at each ``a`` of ``mixup.curve_a`` (see the module)."""
     rows, saved, headlines = [], defense.eval_range, {}
     applicable = [attack for attack in attacks if attack.applies(cfg.defense)]
@@ -71,5 +70,5 @@ def utility_privacy_curve(defense: "MixupPrivacy", task: Task, cfg: RunConfig, a
         defense.eval_range = saved
     table = pd.DataFrame(rows)
     cards.write_text_atomic(run_dir / CSV, table.to_csv(index=False))
-    figures.save_atomic(figures.utility_privacy_curve(table, headlines), run_dir / PNG)
-    return {"rows": rows, "files": {"a_curve_csv": CSV, "a_curve_png": PNG}}
+    figures.save_atomic(curve_figure(table, headlines), run_dir / PNG)
+    return Study({"a_curve": rows}, {"a_curve_csv": CSV, "a_curve_png": PNG})
