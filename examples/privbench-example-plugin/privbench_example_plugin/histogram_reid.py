@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from privbench.attacks.base import Attack, AttackResult, Observation, Truth
+from privbench.attacks import reid
 from privbench.config import RunConfig, require
-from privbench.metrics import retrieval
 from privbench.registry import register_attack
 from privbench.tasks.base import REPEATED_SCANS
 
@@ -57,8 +57,7 @@ class HistogramReid(Attack):
         return 1 - 0.5 * torch.cdist(h, h, p=1)
 
     def score(self, guesses: torch.Tensor, truth: Truth, observation: Observation, run_dir: Path) -> AttackResult:
-        out = retrieval(1 - guesses, truth.subjects)
-        metrics = {k: float(out[k]) for k in ("top1", "f1", "map", "chance")}
+        metrics = reid.score(guesses, truth)  # reid's scoring: nearest neighbour, F1, mAP, chance
         table = [{"guess": "histograms of the requests", **metrics}, {"guess": "chance", "top1": metrics["chance"]}]
         return AttackResult(metrics, "histogram-reid", table, {}, {"bins": observation.config.bins,
                                                                    "n_requests": len(truth.subjects)})
