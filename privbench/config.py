@@ -154,13 +154,6 @@ PRESETS: dict[str, dict[str, Any]] = {  # run-level values; each section keeps i
 
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
 
-# a task's own defaults, applied over the preset ("*": every preset) and under --set overrides
-TASK_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    "mni-tumor": {"*": {"train.foreground_fraction": 0.33}, "paper": {"train.patch_size": 64}},
-    "brats2021": {"*": {"train.foreground_fraction": 0.33, "task.test_fraction": 0.2},
-                  "paper": {"train.patch_size": 64}},  # the paper's BraTS patches
-}
-
 # fields that do not change results, left out of the hash
 _UNHASHED = {"device", "preset", "eval.sw_batch_size", "train.checkpoint_every", "task.cache_dir"}
 
@@ -169,7 +162,8 @@ def resolve(preset: str = "quick", overrides: list[str] | dict[str, Any] | None 
             **top: Any) -> RunConfig:
     """Build a :class:`RunConfig` from a preset, then ``key=value`` overrides.
 
-    Between the preset and the overrides come the task's own defaults (:data:`TASK_DEFAULTS`).
+    Between the preset and the overrides come the task's own defaults (its registry entry's
+    ``defaults``, e.g. mni-tumor's foreground oversampling).
     ``overrides`` is a list of ``"key=value"`` strings (as typed after ``--set``) or a dict
     of already-typed values; ``top`` sets top-level or dotted fields by keyword (used by the
     CLI for ``--defense``, ``--seed`` ...; ``None`` values are ignored).
@@ -180,11 +174,22 @@ def resolve(preset: str = "quick", overrides: list[str] | dict[str, Any] | None 
         raise PrivbenchError(f"unknown preset {preset!r}{hint} (available: {', '.join(PRESETS)})")
     items = list(overrides.items() if isinstance(overrides, dict) else map(_split, overrides or []))
     cfg = _build(preset, {}, top, items)
-    defaults = TASK_DEFAULTS.get(cfg.task.name, {})
+    defaults = task_defaults(cfg.task.name, preset)
     if defaults:  # rebuilt, so that the task's defaults sit under the user's choices
-        cfg = _build(preset, {**defaults.get("*", {}), **defaults.get(preset, {})}, top, items)
+        cfg = _build(preset, defaults, top, items)
     validate(cfg)
     return cfg
+
+
+def task_defaults(name: str, preset: str) -> dict[str, Any]:
+    """The run-level values the task ``name`` sets for ``preset`` (none for an unknown task:
+    the run refuses it later, with the registry's did-you-mean)."""
+    from privbench.registry import TASKS
+
+    if name not in TASKS.names():
+        return {}
+    defaults = TASKS.get(name).defaults
+    return {**defaults.get("*", {}), **defaults.get(preset, {})}
 
 
 def _build(preset: str, task_defaults: dict[str, Any], top: dict[str, Any],

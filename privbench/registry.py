@@ -53,6 +53,7 @@ class Entry:
     requires: tuple[str, ...] = ()
     source: str = "privbench"
     sections: tuple[tuple[str, type], ...] = ()  # its config sections: (name, dataclass)
+    defaults: dict[str, dict[str, Any]] = field(default_factory=dict)  # run-level values it sets, by preset
 
 
 @dataclass
@@ -73,14 +74,17 @@ class Registry:
         paper: str = "",
         requires: Iterable[str] = (),
         config: type | dict[str, type] | None = None,
+        defaults: dict[str, dict[str, Any]] | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator registering a class or factory function under ``name``, with its config:
         one dataclass (its section is the name, ``-`` read as ``_``; an attack's is
-        ``attack.<name>``) or several sections by name (``{"adversary": AdversaryConfig}``)."""
+        ``attack.<name>``) or several sections by name (``{"adversary": AdversaryConfig}``);
+        a task's ``defaults`` are run-level values it sets under the user's, by preset
+        (``"*"``: every preset), e.g. ``{"paper": {"train.patch_size": 64}}``."""
 
         def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
             self.add(Entry(name, self.kind, factory, description, paper, tuple(requires),
-                           _origin(factory), self.sections_of(name, config)))
+                           _origin(factory), self.sections_of(name, config), dict(defaults or {})))
             return factory
 
         return decorator

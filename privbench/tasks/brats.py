@@ -61,7 +61,9 @@ class Brats2021Task(LocalTask):
 
 @register_task("brats2021", description="BraTS 2021 from your local copy (--set task.root=...): NCR/ED/ET "
                "on T1ce (or task.modality)", paper="Baid et al., arXiv 2107.02314 (BraTS 2021); "
-               "Kim et al., IPMI 2023", requires=("a local BraTS 2021 copy (task.root)",))
+               "Kim et al., IPMI 2023", requires=("a local BraTS 2021 copy (task.root)",),
+               defaults={"*": {"train.foreground_fraction": 0.33, "task.test_fraction": 0.2},
+                         "paper": {"train.patch_size": 64}})  # the paper's BraTS patches
 def brats2021(cfg: RunConfig) -> Brats2021Task:
     """The ``brats2021`` task read from ``task.root`` (preprocessed once, then cached)."""
     return Brats2021Task(cfg.task, cfg.train.patch_size)

@@ -93,7 +93,8 @@ class MniTumorTask(mni.MniTissueTask):
 
 @register_task("mni-tumor", description="Embedded BraTS-like cohort: synthetic tumors (NCR, ED, ET) on the "
                "mni-tissue anatomy, T1ce-like", paper="BraTS 2021 labels (Baid et al., 2021); protocol of "
-               "Kim et al., IPMI 2023", requires=())
+               "Kim et al., IPMI 2023", requires=(),
+               defaults={"*": {"train.foreground_fraction": 0.33}, "paper": {"train.patch_size": 64}})
 def mni_tumor(cfg: RunConfig) -> MniTumorTask:
     """The ``mni-tumor`` task for a run configuration (generates or reuses the cached cohort)."""
     return MniTumorTask(cfg.task, cfg.train.patch_size)
