@@ -128,19 +128,15 @@ def attack(run_dir: str | Path, names: list[str], *, progress: bool = True) -> R
         ATTACKS.get(name)
     cfg.attacks = tuple(names)
     device = engine.resolve_device(cfg.device)
-    trained = engine.read_checkpoint(run_dir / engine.CHECKPOINT)["iteration"]
-    if trained != cfg.train.iterations:
-        raise PrivbenchError(f"{run_dir / engine.CHECKPOINT} holds iteration {trained}, not the final "
-                             f"{cfg.train.iterations}: the run did not finish")
     if not os.access(run_dir, os.W_OK) or not os.access(run_dir / cards.CARD, os.W_OK):
         raise PrivbenchError(f"cannot add attacks to {run_dir}: the folder or its card is not writable")
     task = create_task(cfg.task.name, cfg=cfg)
     defense: Defense = create_defense(cfg.defense)
     check_requirements(task, cfg, defense)
+    engine.seed_everything(cfg.seed, deterministic=device.type == "cpu")
+    defense.restore(run_dir, task, cfg, device=device)  # an unfinished run is refused; writes nothing
     with _interruptible(None), _log_to(run_dir / "run.log"):
         log.info("attack %s with %s", run_dir.name, ", ".join(names))
-        engine.seed_everything(cfg.seed, deterministic=device.type == "cpu")
-        defense.restore(run_dir, task, cfg, device=device)  # trains and writes nothing
         added = {"added": time.strftime("%Y-%m-%dT%H:%M:%S"), **cards.environment(device)}
         entries = [run_attack(create_attack(name), defense, task, cfg, run_dir=run_dir, progress=progress)
                    | {"added_later": added} for name in names]

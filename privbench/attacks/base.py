@@ -32,6 +32,7 @@ import torch
 from privbench import engine, streams
 from privbench.config import RunConfig, defense_sections
 from privbench.errors import PrivbenchError
+from privbench.registry import ATTACKS
 from privbench.tasks.base import Scan, Task
 
 if TYPE_CHECKING:
@@ -239,8 +240,11 @@ class Attack(abc.ABC):
 
 
 def attack_config(cfg: RunConfig, name: str) -> Any:
-    """The attack's own config section (``attack.<name>``), or None if it declares none."""
-    return getattr(cfg.attack, name.replace("-", "_"), None)
+    """The config section the attack ``name`` declares in the registry, or None (none declared,
+    or an attack that is not registered)."""
+    if name not in ATTACKS.names() or not ATTACKS.get(name).sections:
+        return None
+    return cfg.sections[ATTACKS.get(name).sections[0][0]]
 
 
 def execute(attack: Attack, defense: "Defense", task: Task, cfg: RunConfig, *, run_dir: Path,
