@@ -14,7 +14,8 @@ the run config (``--set mixup.tta=10``), its presets, validation and a place in 
 (:mod:`privbench.config`).
 
 Built-in components live in ``privbench.tasks``, ``privbench.defenses`` and
-``privbench.attacks`` and are imported on first use. Third-party packages add their own
+``privbench.attacks``: every module of those packages is imported on first use, so adding one
+is adding its file. Third-party packages add their own
 through the entry-point groups ``privbench.tasks``, ``privbench.defenses`` and
 ``privbench.attacks``: each entry point names a module or object to import; importing it
 should register the component (an object that is callable but not yet registered is
@@ -26,6 +27,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
+import pkgutil
 import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -134,7 +136,9 @@ class Registry:
         if self._loaded:
             return
         self._loaded = True
-        importlib.import_module(self.builtin_module)
+        package = importlib.import_module(self.builtin_module)
+        for module in pkgutil.iter_modules(package.__path__):  # a new module needs no import line
+            importlib.import_module(f"{self.builtin_module}.{module.name}")
         for ep in entry_points(group=self.entry_point_group):
             try:
                 obj = ep.load()
