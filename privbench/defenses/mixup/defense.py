@@ -8,7 +8,9 @@ Dice + CE of ``S`` against the mixed one-hot labels plus Dice + CE of ``D`` agai
 
 Reference TTA (Eq. 5-6): a key may hold K references (one ``a``); the K mixtures go through the
 server as one batch, so each sliding window is one network call for all of them, and the K
-unmixed predictions are averaged.
+unmixed predictions are averaged. The study of the paper's Table 1 and the a-curve live beside
+this module (``study.py``, ``curve.py``); training, restoring and the server's pass are the
+trained-defense base's.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from monai.losses import DiceCELoss
 from privbench import engine
 from privbench.config import MAX_WEIGHT, RunConfig, require
 from privbench.defenses.base import TrainedDefense
-from privbench.errors import PrivbenchError
 from privbench.defenses.mixup.curve import utility_privacy_curve
 from privbench.defenses.mixup.study import evaluate_mixup
+from privbench.errors import PrivbenchError
 from privbench.evaluation import Evaluation, Study
 from privbench.mixing import MIN_WEIGHT, mix, naive_unmix, one_hot
 from privbench.nets import SegmentationNet, UnmixingNet
