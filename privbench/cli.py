@@ -117,11 +117,21 @@ def _print_card(result: runner.RunResult) -> None:
         rows = Table(title=f"attack {entry['label']}: {entry['observes']}")
         columns = list(dict.fromkeys(k for row in entry["table"] for k in row))
         for column in columns:
-            rows.add_column(column, justify="left" if column == "guess" else "right")
+            if column == "guess":
+                rows.add_column(column, justify="left", min_width=14)
+            else:
+                rows.add_column(_header(column), justify="right")
         for row in entry["table"]:
             rows.add_row(*(_cell(row.get(c)) for c in columns))
         console.print(rows)
     console.print(f"card: {result.run_dir / 'card.json'}")
+
+
+def _header(column: str) -> str:
+    """A short header for a low-FPR column (``tpr_at_1pct_fpr`` -> ``TPR@1%``: TPR at 1% FPR)."""
+    if column.startswith("tpr_at_") and column.endswith("_fpr"):
+        return f"TPR@{column[7:-4].replace('pct', '%')}"
+    return column
 
 
 def _cell(value: Any) -> str:

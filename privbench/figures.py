@@ -115,3 +115,21 @@ def tta_average_curve(table: pd.DataFrame) -> plt.Figure:
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> plt.Figure:
+    """ROC curves of identity attacks on log-log axes, so the low-FPR regime an audit cares
+    about is visible (FPR 0 is drawn at half the smallest non-zero FPR of all curves)."""
+    nonzero = [f[f > 0].min() for f, _ in curves.values() if (f > 0).any()]
+    floor = min(nonzero, default=1e-3) / 2
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    for label, (fpr, tpr) in curves.items():
+        ax.step(np.maximum(fpr, floor), np.maximum(tpr, floor), where="post", label=label)
+    ax.plot([floor, 1], [floor, 1], "k:", lw=1, label="chance")
+    ax.set(xscale="log", yscale="log", xlim=(floor, 1.05), ylim=(floor, 1.05),
+           xlabel="false positive rate", ylabel="true positive rate")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig

@@ -1,5 +1,7 @@
 """Linkage to a gallery of clean scans, and recovery from the K mixtures of a TTA request."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -58,6 +60,9 @@ def test_linkage_of_unprotected_scans_is_perfect(cohort, tmp_path):
     assert result.metrics["msssim_top1"] > 0.8
     assert result.metrics["chance_top1"] == pytest.approx(1 / len(set(task.subjects("test") + task.subjects("public"))))
     assert result.settings["n_probes"] == len(task.scans("test"))
+    pairs = result.settings["roc_pairs"]  # every probe against every identity but its own scan's
+    assert pairs["n_positive"] == len(task.scans("test")) and pairs["n_negative"] > 0
+    assert result.metrics["auc"] > 0.9 and result.metrics["tpr_at_1pct_fpr"] >= result.metrics["tpr_at_0_fpr"]
 
 
 def test_a_is_estimated_from_ten_mixtures(cohort):
@@ -178,7 +183,11 @@ def test_linkage_applies_to_every_defense(tmp_path):
         result = CliRunner().invoke(app, ["run", "--preset", "test", "--defense", defense, "--attack", "linkage",
                                           "--out", str(tmp_path), "--quiet"])
         assert result.exit_code == 0, result.output
-        assert "residual correlation on the requests" in result.output
+        assert "attack linkage" in result.output and "TPR@1%" in result.output
+        (card_path,) = tmp_path.glob(f"mni-tissue/{defense}/*/card.json")
+        (entry,) = json.loads(card_path.read_text())["attacks"]
+        assert entry["status"] == "done" and entry["table"][0]["guess"] == "residual correlation on the requests"
+        assert all((card_path.parent / f).exists() for f in entry["files"].values())
 
 
 def test_the_curve_fixes_a_for_every_request_and_restores_the_range_after(cohort, tmp_path):

@@ -72,8 +72,12 @@ def test_reid_end_to_end_through_the_cli(tmp_path):
     assert result.exit_code == 0, result.output
     (card_path,) = tmp_path.glob("mni-tissue/none/*/card.json")
     (entry,) = json.loads(card_path.read_text())["attacks"]
-    assert entry["status"] == "done" and set(entry["metrics"]) == {"top1", "f1", "map", "chance"}
-    assert entry["seconds"] > 0 and (card_path.parent / entry["files"]["heatmap"]).exists()
+    low_fpr = {"auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "tpr_at_0_fpr"}
+    assert entry["status"] == "done" and set(entry["metrics"]) == {"top1", "f1", "map", "chance"} | low_fpr
+    assert entry["seconds"] > 0 and all((card_path.parent / f).exists() for f in entry["files"].values())
+    # the test preset's two requests are of one subject: no non-match, so no ROC (None, not a number)
+    assert entry["settings"]["roc_pairs"] == {"n_positive": 2, "n_negative": 0}
+    assert all(entry["metrics"][k] is None for k in low_fpr)
     row = collect(tmp_path).table.iloc[0]
     assert row["attack"] == "reid" and row["reid_map"] == entry["metrics"]["map"]
     bad = CliRunner().invoke(app, ["run", "--preset", "test", "--attack", "reidd", "--out", str(tmp_path)])

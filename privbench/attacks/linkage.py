@@ -6,8 +6,8 @@ subjects plus every scan of the public pool (distractors), and the public pool's
 For each proxy it ranks the gallery's identities by the correlation of the two after removing
 the population mean (the part of a mixture that comes from the target keeps its identity), and,
 as a second score, by 3D MS-SSIM. Reported: top-1 and top-5 linkage and mAP
-(:func:`privbench.metrics.linkage`), against chance and against the same attack on the
-unprotected scans. The harness never counts a probe's match with the very scan it was made from.
+(:func:`privbench.metrics.linkage`) and the ROC over every (request, identity) score
+(:mod:`privbench.roc`), against chance and against the same attack on the unprotected scans. The harness never counts a probe's match with the very scan it was made from.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from privbench import roc
 from privbench.attacks.base import Attack, AttackResult, Gallery, Observation, Truth
 from privbench.metrics import linkage, ms_ssim3d, residual_correlation
 from privbench.registry import register_attack
@@ -33,13 +34,25 @@ def similarities(probes: torch.Tensor, gallery: Gallery, msssim: bool = True) ->
     return scores
 
 
+def own_scans(subjects: list[str], sessions: list[str], gallery: Gallery) -> torch.Tensor:
+    """``[P, G]``: True where a gallery item is the very scan the probe was made from."""
+    return torch.tensor([[(s, t) == (gs, gt) for gs, gt in zip(gallery.subjects, gallery.sessions)]
+                         for s, t in zip(subjects, sessions)])
+
+
 def rank(scores: dict[str, torch.Tensor], subjects: list[str], sessions: list[str],
          gallery: Gallery) -> dict[str, dict[str, float]]:
     """Harness: linkage metrics of score matrices for probes made from the scans (``subjects``,
     ``sessions``); a probe's own scan is excluded from the gallery it is ranked against."""
-    exclude = torch.tensor([[(s, t) == (gs, gt) for gs, gt in zip(gallery.subjects, gallery.sessions)]
-                            for s, t in zip(subjects, sessions)])
+    exclude = own_scans(subjects, sessions, gallery)
     return {name: linkage(s, subjects, gallery.subjects, exclude) for name, s in scores.items()}
+
+
+def identity_scores(scores: torch.Tensor, subjects: list[str], sessions: list[str],
+                    gallery: Gallery) -> roc.IdentityScores:
+    """Harness: every probe's score for every gallery identity (its own scan excluded)."""
+    return roc.identity_scores(scores.double().numpy(), subjects, gallery.subjects,
+                               own_scans(subjects, sessions, gallery).numpy())
 
 
 def link(probes: torch.Tensor, subjects: list[str], sessions: list[str], gallery: Gallery,
@@ -69,15 +82,23 @@ class Linkage(Attack):
               run_dir: Path) -> AttackResult:
         gallery = observation.gallery
         attacked = rank(guesses, truth.subjects, truth.sessions, gallery)
-        clean = link(torch.cat(truth.images), truth.subjects, truth.sessions, gallery, msssim=False)
-        corr, ssim, raw = attacked["correlation"], attacked["msssim"], clean["correlation"]
-        headline = ("top1", "top5", "map")
+        clean_scores = similarities(torch.cat(truth.images), gallery, msssim=False)["correlation"]
+        raw = rank({"correlation": clean_scores}, truth.subjects, truth.sessions, gallery)["correlation"]
+        corr, ssim = attacked["correlation"], attacked["msssim"]
+        scored = {"correlation": guesses["correlation"], "msssim": guesses["msssim"], "unprotected": clean_scores}
+        low_fpr = roc.report({name: identity_scores(s, truth.subjects, truth.sessions, gallery)
+                              for name, s in scored.items()}, run_dir, "linkage",
+                             f"linkage on {observation.defense.name}")
+        corr, ssim, raw = (r | roc.headline(low_fpr[name]) for r, name in
+                           ((corr, "correlation"), (ssim, "msssim"), (raw, "unprotected")))
+        headline = ("top1", "top5", "map", "auc", *(f"tpr_at_{name}_fpr" for name in roc.FPRS))
         table = [{"guess": "residual correlation on the requests", **{k: corr[k] for k in headline}},
                  {"guess": "MS-SSIM on the requests", **{k: ssim[k] for k in headline}},
                  {"guess": "residual correlation on the unprotected scans", **{k: raw[k] for k in headline}},
-                 {"guess": "chance", "top1": corr["chance_top1"], "top5": corr["chance_top5"]}]
+                 {"guess": "chance", "top1": corr["chance_top1"], "top5": corr["chance_top5"], "auc": 0.5}]
         metrics = {**{k: corr[k] for k in (*headline, "chance_top1", "chance_top5")},
-                   **{f"msssim_{k}": ssim[k] for k in headline}}
+                   **{f"msssim_{k}": ssim[k] for k in ("top1", "top5", "map")}}
         settings = {"n_probes": corr["n_probes"], "n_gallery": len(gallery.subjects),
-                    "n_identities": corr["n_identities"]}
-        return AttackResult(metrics, "linkage", table, {}, settings)
+                    "n_identities": corr["n_identities"],
+                    "roc_pairs": {k: low_fpr["correlation"][k] for k in ("n_positive", "n_negative")}}
+        return AttackResult(metrics, "linkage", table, roc.files("linkage"), settings)

@@ -5,7 +5,9 @@ requests (``attack.reid.observe=proxy``) or the server's answers (``observe=outp
 in a shuffled order, scores every pair by 3D MS-SSIM; its guess is that similarity, each request
 named after its most similar other request. The harness scores it by
 :func:`privbench.metrics.retrieval` (top-1, macro F1, mAP) against the subjects the harness
-kept. Calibration in the same table: the same attack on the unprotected scans, and chance.
+kept, and by the ROC over every (request, subject) score (:mod:`privbench.roc`: AUC, TPR at
+low FPR, the raw scores and a log-log ROC in the run folder). Calibration in the same table:
+the same attack on the unprotected scans, and chance.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from privbench import figures
+from privbench import figures, roc
 from privbench.attacks.base import Attack, AttackResult, Observation, Truth
 from privbench.config import RunConfig, require
 from privbench.metrics import ms_ssim3d_pairs, retrieval
@@ -48,6 +50,12 @@ def score(sim: torch.Tensor, truth: Truth) -> dict[str, float]:
     return {k: float(out[k]) for k in ("top1", "f1", "map", "chance")}
 
 
+def identity_scores(sim: torch.Tensor, truth: Truth) -> roc.IdentityScores:
+    """Every request's score for every subject: its best similarity with another request of them."""
+    return roc.identity_scores(sim.double().numpy(), truth.subjects, truth.subjects,
+                               exclude=torch.eye(len(truth.subjects), dtype=torch.bool).numpy())
+
+
 @register_attack("reid", description="Re-identify subjects by MS-SSIM nearest neighbour among "
                  "encoded scans (F1, mAP)", paper="Kim et al., IPMI 2023 (Table 2)", requires=(REPEATED_SCANS,),
                  config=ReidConfig)
@@ -68,15 +76,19 @@ class Reidentification(Attack):
 
     def score(self, guesses: torch.Tensor, truth: Truth, observation: Observation, run_dir: Path) -> AttackResult:
         observe = observation.config.observe
-        metrics = score(guesses, truth)
-        raw = score(similarity(truth.images), truth)  # calibration: the same attack on unprotected scans
+        label = "reid" if observe == "proxy" else f"reid-{observe}"
+        clean = similarity(truth.images)  # calibration: the same attack on unprotected scans
+        low_fpr = roc.report({"attack": identity_scores(guesses, truth), "unprotected": identity_scores(clean, truth)},
+                             run_dir, label, f"reid on {observation.defense.name}: {observe}")
+        metrics = score(guesses, truth) | roc.headline(low_fpr["attack"])
+        raw = score(clean, truth) | roc.headline(low_fpr["unprotected"])
         figures.save_atomic(figures.similarity_heatmap(guesses, truth.subjects,
                                                        f"{observation.defense.name}: {observe}"), run_dir / HEATMAP)
         seen_as = {"proxy": "attack on the requests", "output": "attack on the server's answers"}[observe]
         table = [{"guess": seen_as, **metrics},
                  {"guess": "attack on the unprotected scans", **raw},
-                 {"guess": "chance", "top1": metrics["chance"]}]
-        label = "reid" if observe == "proxy" else f"reid-{observe}"
-        return AttackResult(metrics, label, table, {"heatmap": HEATMAP},
+                 {"guess": "chance", "top1": metrics["chance"], "auc": 0.5}]
+        return AttackResult(metrics, label, table, {"heatmap": HEATMAP, **roc.files(label)},
                             {"observe": observe, "n_requests": len(truth.subjects),
-                             "n_subjects": len(set(truth.subjects))})
+                             "n_subjects": len(set(truth.subjects)),
+                             "roc_pairs": {k: low_fpr["attack"][k] for k in ("n_positive", "n_negative")}})
