@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from privbench import finite, io
+from privbench import finite, io, worst_case
 from privbench.errors import PrivbenchError
 
 CARD = "card.json"
@@ -57,6 +57,7 @@ class Card:
     amp: bool = False  # whether bfloat16 autocast was on (kept from version 1)
     sections: dict[str, Any] = field(default_factory=dict)  # the defense's own (mixup: tta_curve, ...), top-level in JSON
     summary: list[str] = field(default_factory=list)  # the defense's own summary lines
+    worst_case: dict[str, Any] = field(default_factory=dict)  # strongest identity and recovery attack (privbench.worst_case)
     card_version: int = CARD_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -147,7 +148,9 @@ def load(path: Path) -> Card:
 
 
 def write(path: Path, card: Card) -> None:
-    """Write ``card`` atomically as JSON (no NaN or infinite number)."""
+    """Write ``card`` atomically as JSON (no NaN or infinite number), its worst case named
+    from the attacks it holds now."""
+    card.worst_case = worst_case.worst_case(card.attacks)
     write_json_atomic(path, card.to_json())
 
 

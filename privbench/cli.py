@@ -124,6 +124,13 @@ def _print_card(result: runner.RunResult) -> None:
         for row in entry["table"]:
             rows.add_row(*(_cell(row.get(c)) for c in columns))
         console.print(rows)
+    worst = card.worst_case
+    if "identity" in worst:
+        tpr = worst["identity"]["tpr_at_1pct_fpr"]
+        console.print(f"worst case, identity: {worst['identity']['attack']} top-1 {worst['identity']['top1']:.3f}"
+                      + (f", TPR at 1% FPR {tpr:.3f}" if tpr is not None else ""))
+    if "recovery" in worst:
+        console.print(f"worst case, recovery: {worst['recovery']['attack']} MS-SSIM {worst['recovery']['msssim']:.3f}")
     console.print(f"card: {result.run_dir / 'card.json'}")
 
 

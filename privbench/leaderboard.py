@@ -1,23 +1,27 @@
 """Result cards -> leaderboard tables (CSV and Markdown).
 
 Every card found under a folder (schema version 1 or 2) contributes one row per evaluated
-variant: task, defense, variant, the attacks run, seed, Dice, the attacks' headline metrics,
-timings and config hash. Cards that cannot be read are reported, not fatal.
+variant: task, defense, variant, the attacks run, seed, the run's worst case, Dice, the
+attacks' headline metrics, timings and config hash. A second table names the worst case per
+defense over all its runs (:mod:`privbench.worst_case`). Cards that cannot be read are
+reported, not fatal.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from privbench import worst_case
 from privbench.card import CARD, Card, load, write_text_atomic
 from privbench.errors import PrivbenchError
 
 ID_COLUMNS = ["task", "defense", "variant", "attack", "seed", "preset"]
+WORST_COLUMNS = list(worst_case.IDENTITY_COLUMNS + worst_case.RECOVERY_COLUMNS)
 TIMING_COLUMNS = ["train_seconds", "train_it_per_s", "infer_seconds_per_volume"]
 TAIL_COLUMNS = TIMING_COLUMNS + ["config_hash", "run_id"]
 
@@ -28,6 +32,7 @@ class Leaderboard:
 
     table: pd.DataFrame
     unreadable: list[tuple[Path, str]]
+    worst: pd.DataFrame = field(default_factory=pd.DataFrame)  # strongest attacks per (task, preset, defense)
 
 
 def card_rows(card: Card) -> list[dict[str, Any]]:
@@ -38,7 +43,8 @@ def card_rows(card: Card) -> list[dict[str, Any]]:
               "attack": ",".join(entry["label"] for entry in done),
               "preset": card.preset, "config_hash": card.config_hash,
               "run_id": card.run_id, **{k: card.timings.get(k) for k in TIMING_COLUMNS},
-              **{f"{entry['label']}_{k}": v for entry in done for k, v in entry["metrics"].items()}}
+              **{f"{entry['label']}_{k}": v for entry in done for k, v in entry["metrics"].items()},
+              **worst_case.columns(card.attacks)}
     return [{**common, "variant": entry["variant"],
              **{f"dice_{name}": value for name, value in entry["dice"].items()}}
             for entry in card.utility]
@@ -62,9 +68,10 @@ def collect(root: str | Path) -> Leaderboard:
             unreadable.append((path, f"malformed card: {exc}"))
     table = pd.DataFrame(rows)
     if not table.empty:
-        metrics = sorted(c for c in table.columns if c not in ID_COLUMNS + TAIL_COLUMNS)
-        table = table[ID_COLUMNS + metrics + TAIL_COLUMNS].sort_values(ID_COLUMNS[:4], kind="stable")
-    return Leaderboard(table.reset_index(drop=True), unreadable)
+        metrics = sorted(c for c in table.columns if c not in ID_COLUMNS + WORST_COLUMNS + TAIL_COLUMNS)
+        table = table[ID_COLUMNS + WORST_COLUMNS + metrics + TAIL_COLUMNS].sort_values(ID_COLUMNS[:4], kind="stable")
+    table = table.reset_index(drop=True)
+    return Leaderboard(table, unreadable, worst_case.per_defense(table))
 
 
 def select(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -91,8 +98,12 @@ def to_markdown(table: pd.DataFrame, digits: int = 3) -> str:
 
 
 def write(board: Leaderboard, csv_path: str | Path, markdown_path: str | Path | None = None) -> None:
-    """Write the CSV (and the Markdown table, by default beside it as ``.md``) atomically."""
+    """Write the CSV (and the Markdown table, by default beside it as ``.md``) atomically, and
+    the worst case per defense as ``<name>-worst-case.csv`` and a second Markdown table."""
     csv_path = Path(csv_path)
     markdown_path = Path(markdown_path) if markdown_path else csv_path.with_suffix(".md")
     write_text_atomic(csv_path, board.table.to_csv(index=False))
-    write_text_atomic(markdown_path, to_markdown(board.table))
+    write_text_atomic(csv_path.with_name(f"{csv_path.stem}-worst-case.csv"), board.worst.to_csv(index=False))
+    write_text_atomic(markdown_path, to_markdown(board.table) + "\n### Worst case per defense\n\n"
+                      "The strongest identity attack (top-1, TPR at 1% FPR) and recovery attack (MS-SSIM) "
+                      "over every run of the defense.\n\n" + to_markdown(board.worst))

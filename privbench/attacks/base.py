@@ -217,6 +217,8 @@ class Attack(abc.ABC):
     observes: str = ""  # one line for the card: what the attacker sees
     headline: str = ""  # the metric that says how well it succeeded (the utility-privacy curve's x axis)
     grants: tuple[str, ...] = ()  # keys of GRANTS this threat model hands the attacker
+    identifies: str = ""  # the metric of its top-1 identification rate, if it names people (worst case)
+    recovers: str = ""  # the metric of its recovery MS-SSIM, if it recovers images (worst case)
 
     def applies(self, defense: str) -> bool:
         return "*" in self.applies_to or defense in self.applies_to
@@ -286,5 +288,6 @@ def card_entry(attack: Attack, defense: str, result: AttackResult | None, config
                         "reason": f"{attack.name} applies to {', '.join(attack.applies_to)}, not {defense}"}
     granted = ["requests", "defense's public config", *attack.granted(config)]
     return entry | {"status": "done", "label": result.label or attack.name, "granted": granted,
+                    "measures": {"identity": attack.identifies, "recovery": attack.recovers},
                     "metrics": result.metrics, "table": result.table,
                     "settings": result.settings, "files": result.files}

@@ -69,6 +69,7 @@ class Linkage(Attack):
 
     name = "linkage"
     headline = "top1"
+    identifies = "top1"
     grants = ("gallery",)
     observes = ("every test scan's request; a gallery of clean scans (the test subjects' other sessions, "
                 "the public pool) and the public mean")

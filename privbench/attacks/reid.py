@@ -64,6 +64,7 @@ class Reidentification(Attack):
 
     name = "reid"
     headline = "f1"
+    identifies = "top1"
     observes = "every test scan's request to the server (or, with observe=output, its answer)"
 
     def granted(self, config: ReidConfig) -> tuple[str, ...]:

@@ -78,6 +78,8 @@ class TtaAverage(Attack):
 
     name = "tta-average"
     headline = "linkage_top1"
+    identifies = "linkage_top1"  # of the recovered targets
+    recovers = "msssim"
     applies_to = ("mixup",)
     grants = ("public_pool",)
     observes = "the K mixtures of each test scan's TTA request; the public pool's mean and variance"

@@ -49,6 +49,7 @@ class HistogramReid(Attack):
 
     name = "histogram-reid"
     headline = "f1"
+    identifies = "top1"
     observes = "every test scan's request to the server"
 
     def reconstruct(self, observation: Observation) -> torch.Tensor:

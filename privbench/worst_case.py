@@ -1,0 +1,90 @@
+"""The worst case per defense: "private" means "against the best attacker we have".
+
+Every attack declares what it measures (:attr:`privbench.attacks.base.Attack.identifies`, the
+metric of its top-1 identification rate, and :attr:`~privbench.attacks.base.Attack.recovers`,
+that of its recovery MS-SSIM), and its card entry records it under ``measures``. The strongest
+identity attack is the one with the highest top-1 (ties: the higher TPR at 1% FPR, then the
+name); the strongest recovery attack the one with the highest MS-SSIM. A card names both for
+its run; the leaderboard names them for each defense over all its runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+IDENTITY_COLUMNS = ("worst_identity", "worst_identity_top1", "worst_identity_tpr_at_1pct_fpr")
+RECOVERY_COLUMNS = ("worst_recovery", "worst_recovery_msssim")
+
+
+def measures(entry: dict[str, Any]) -> dict[str, str]:
+    """What a card entry's metrics measure: its own record, or for entries written before
+    attacks declared it, the registered attack's declaration (nothing for unknown attacks)."""
+    if "measures" in entry:
+        return entry["measures"]
+    from privbench.registry import ATTACKS, create_attack  # only for older cards
+
+    if entry.get("attack") not in ATTACKS.names():
+        return {}
+    attack = create_attack(entry["attack"])
+    return {"identity": attack.identifies, "recovery": attack.recovers}
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def worst_case(attacks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The strongest identity and recovery attack among a card's attack entries (a kind with
+    no finished attack is left out)."""
+    identity, recovery = [], []
+    for entry in attacks:
+        if entry.get("status") != "done":
+            continue
+        measured, metrics = measures(entry), entry.get("metrics", {})
+        top1 = _number(metrics.get(measured.get("identity") or ""))
+        if top1 is not None:
+            tpr = _number(metrics.get("tpr_at_1pct_fpr"))
+            identity.append(((top1, -1.0 if tpr is None else tpr), entry["label"],
+                             {"attack": entry["label"], "top1": top1, "tpr_at_1pct_fpr": tpr}))
+        msssim = _number(metrics.get(measured.get("recovery") or ""))
+        if msssim is not None:
+            recovery.append((msssim, entry["label"], {"attack": entry["label"], "msssim": msssim}))
+    out: dict[str, dict[str, Any]] = {}
+    if identity:
+        out["identity"] = max(identity, key=lambda item: (item[0], item[1]))[2]
+    if recovery:
+        out["recovery"] = max(recovery, key=lambda item: (item[0], item[1]))[2]
+    return out
+
+
+def columns(attacks: list[dict[str, Any]]) -> dict[str, Any]:
+    """A card's worst case as flat leaderboard columns (None where no attack of the kind ran)."""
+    worst = worst_case(attacks)
+    identity, recovery = worst.get("identity", {}), worst.get("recovery", {})
+    return {"worst_identity": identity.get("attack"), "worst_identity_top1": identity.get("top1"),
+            "worst_identity_tpr_at_1pct_fpr": identity.get("tpr_at_1pct_fpr"),
+            "worst_recovery": recovery.get("attack"), "worst_recovery_msssim": recovery.get("msssim")}
+
+
+def per_defense(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (task, preset, defense) of a leaderboard: its strongest identity attack over
+    all its runs (top-1, TPR at 1% FPR) and its strongest recovery attack (MS-SSIM)."""
+    keys = ["task", "preset", "defense"]
+    if table.empty or not set(IDENTITY_COLUMNS) <= set(table.columns):
+        return pd.DataFrame(columns=keys + list(IDENTITY_COLUMNS + RECOVERY_COLUMNS))
+    rows = []
+    for key, group in table.groupby(keys, sort=True):
+        row = dict(zip(keys, key))
+        ids = group.dropna(subset=["worst_identity_top1"])
+        if not ids.empty:
+            best = ids.assign(_tpr=ids.worst_identity_tpr_at_1pct_fpr.fillna(-1.0)).sort_values(
+                ["worst_identity_top1", "_tpr", "worst_identity"], ascending=False, kind="stable").iloc[0]
+            row |= {c: best[c] for c in IDENTITY_COLUMNS}
+        rec = group.dropna(subset=["worst_recovery_msssim"])
+        if not rec.empty:
+            best = rec.sort_values(["worst_recovery_msssim", "worst_recovery"], ascending=False, kind="stable").iloc[0]
+            row |= {c: best[c] for c in RECOVERY_COLUMNS}
+        rows.append(row)
+    return pd.DataFrame(rows).reindex(columns=keys + list(IDENTITY_COLUMNS + RECOVERY_COLUMNS))
