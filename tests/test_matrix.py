@@ -38,8 +38,11 @@ def test_every_defense_against_every_attack(card_of, defense, attack):
         assert defense in entry["reason"] and "metrics" not in entry
     else:
         assert entry["status"] == "done", entry
-        assert entry["metrics"] and all(_is_number(v) for v in entry["metrics"].values()), entry["metrics"]
-        assert attacker.headline in entry["metrics"]
+        # a number, or None where nothing could be scored (no ROC without non-matching pairs)
+        assert entry["metrics"] and all(_is_number(v) or v is None for v in entry["metrics"].values()), entry["metrics"]
+        assert _is_number(entry["metrics"][attacker.headline])
+        for kind, metric in (("identity", attacker.identifies), ("recovery", attacker.recovers)):
+            assert entry["measures"][kind] == metric and (not metric or _is_number(entry["metrics"][metric]))
         assert entry["seconds"] > 0
         assert entry["granted"][:2] == ["requests", "defense's public config"]
     assert card.utility
