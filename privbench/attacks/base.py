@@ -7,7 +7,8 @@ An attack has two halves, in the style of breaching's ``reconstruct`` / ``report
   guesses (similarities, recovered images, estimated weights). The observation holds only what
   the attack's threat model grants (:data:`GRANTS`): the requests, in an order shuffled by a
   stream the attacker cannot reproduce, the defense's public description, and where granted the
-  server's answers, a public pool, a clean gallery or the mixing weights. Never the defense
+  server's answers, a public pool, a clean gallery, the mixing weights or (white-box) a copy of
+  the encoding's trained weights. Never the defense
   object, the task, the run config or seed, keys, references or test labels.
 - the **harness** (:func:`execute`, with the attack's :meth:`Attack.victims` and
   :meth:`Attack.score`) plays the victims' client: it draws their keys, sends their requests,
@@ -36,7 +37,7 @@ from privbench.registry import ATTACKS
 from privbench.tasks.base import Scan, Task
 
 if TYPE_CHECKING:
-    from privbench.defenses.base import Defense
+    from privbench.defenses.base import Defense, WhiteBox
 
 NOT_APPLICABLE = "not applicable"
 
@@ -45,6 +46,7 @@ GRANTS = {  # what a threat model may grant beyond the requests and the defense'
     "public_pool": "clean scans of a public pool (images and labels), not of the victims",
     "gallery": "clean scans of many people with their identities: the test subjects' scans and the public pool",
     "mixing_weight": "each request's mixing weight a",
+    "weights": "the encoding's trained weights, which the server holds (white-box), applied with keys the attacker draws",
 }
 
 
@@ -136,6 +138,7 @@ class Observation:
     public: PublicPool | None = None
     gallery: Gallery | None = None
     weights: list[float] | None = None
+    white_box: "WhiteBox | None" = None
 
 
 @dataclass
@@ -275,6 +278,7 @@ def execute(attack: Attack, defense: "Defense", task: Task, cfg: RunConfig, *, r
         public=pool if "public_pool" in granted else None,
         gallery=build_gallery(task, pool) if "gallery" in granted and pool else None,
         weights=list(truth.weights) if "mixing_weight" in granted else None,
+        white_box=defense.white_box() if "weights" in granted else None,
     )
     guesses = attack.reconstruct(observation)
     return attack.score(guesses, truth, observation, run_dir)

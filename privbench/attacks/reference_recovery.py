@@ -48,7 +48,7 @@ class ReferenceRecoveryConfig:
 
     requests: int = 200  # requests the server observes (the test scans in turn, fresh keys each time)
     curve: tuple[int, ...] = (25, 50, 100)  # also attack the first n requests observed, for each n
-    trials: int = 3000  # random subsets of requests tried per round in search of hyperplanes
+    trials: int = 5000  # random subsets of requests tried per round in search of hyperplanes
     rounds: int = 4  # later rounds sample around the requests already explained
     rank_tolerance: float = 1e-4  # singular values below this share of the largest are zero
 
@@ -87,10 +87,13 @@ def unmix(mixtures: torch.Tensor, *, trials: int, rounds: int, rank_tolerance: f
     volumes used most often. The codes are scaled so that each request's two weights sum to 1,
     and the sources solved by least squares."""
     shape, n = mixtures.shape[1:], len(mixtures)
-    flat = mixtures.reshape(n, -1).double().numpy()
-    u, s, vt = np.linalg.svd(flat, full_matrices=False)
+    flat = mixtures.reshape(n, -1).double()
+    energy, u = torch.linalg.eigh(flat @ flat.T)  # the Gram matrix's eigenvalues are the squared singular values
+    energy, u = energy.flip(0).clamp(min=0).numpy(), u.flip(1).numpy()
+    s = np.sqrt(energy)
     rank = max(2, min(int((s > rank_tolerance * s[0]).sum()), n - 1))
     coords = u[:, :rank] * s[:rank]  # the requests in the space they span
+    vt = (torch.from_numpy(u[:, :rank] / s[:rank]).T @ flat).numpy()  # the space's orthonormal axes, in voxels
     rng = np.random.default_rng(seed)
     planes: dict[bytes, tuple[int, np.ndarray]] = {}
     explained = np.zeros(n, bool)

@@ -23,6 +23,18 @@ from privbench.tasks.base import Task
 Key = Any  # a defense's client-side secret; None where there is none
 
 
+class WhiteBox(abc.ABC):
+    """A trained client-side encoding as the server holds it (the white-box threat model: the
+    server trained it together with its own network). A copy of the weights, applied with keys
+    its holder draws; it holds nothing of the victims: no key, reference, task or run seed."""
+
+    deterministic: bool = False  # one image always gives one proxy (the encoding has no key)
+
+    @abc.abstractmethod
+    def encode(self, volumes: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Proxies ``[B,1,D,H,W]`` of whole volumes, each with a fresh key drawn from ``generator``."""
+
+
 class Defense(abc.ABC):
     """A way for a client to get a segmentation from an untrusted server."""
 
@@ -44,6 +56,11 @@ class Defense(abc.ABC):
 
     def new_key(self, generator: torch.Generator | None = None) -> Key:
         """Draw the client's secret for one request."""
+        return None
+
+    def white_box(self) -> WhiteBox | None:
+        """The trained encoding as the server holds it, for white-box threat models (None where
+        the server holds no weights the client encodes with)."""
         return None
 
     @abc.abstractmethod

@@ -11,6 +11,7 @@ tell whether two deformed scans are of one subject (:mod:`privbench.defenses.adv
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ import torch
 
 from privbench.config import MAX_MM, RunConfig, require
 from privbench.defenses.adversarial import AdversarialDefense, AdversaryConfig
+from privbench.defenses.base import WhiteBox
 from privbench.nets import FlowGenerator
 from privbench.registry import register_defense
 from privbench.tasks.base import REPEATED_SCANS
@@ -102,7 +104,25 @@ class DeformationProxy(AdversarialDefense):
         """The server's probabilities warped back with the inverse deformation."""
         return self._warp(server_output, key, inverse=True)
 
+    def white_box(self) -> "FlowWeights":
+        return FlowWeights(self.encoder, self.device)
+
     @torch.no_grad()
     def _warp(self, volume: torch.Tensor, key: DeformationKey, inverse: bool) -> torch.Tensor:
         field = self.displacement(key, tuple(volume.shape[2:]), inverse)
         return self.encoder.warp(volume.to(self.device), field.expand(len(volume), *field.shape[1:])).cpu()
+
+
+class FlowWeights(WhiteBox):
+    """A copy of Deformation-Proxy's trained field generator: each volume warped by the field
+    of fresh noise from the holder's generator (the key is that noise's seed)."""
+
+    def __init__(self, generator_net: FlowGenerator, device: torch.device):
+        self.net, self.device = copy.deepcopy(generator_net).eval(), device
+
+    @torch.no_grad()
+    def encode(self, volumes: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        size = tuple(volumes.shape[2:])
+        noise = torch.randn(len(volumes), self.net.noise_channels, *self.net.grid_shape(size), generator=generator)
+        field = self.net(noise.to(self.device), size)
+        return self.net.warp(volumes.to(self.device), field).clamp(0, 1).cpu()

@@ -9,14 +9,15 @@ subject (:mod:`privbench.defenses.adversarial`). There is no key.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 
 from privbench import engine
-from privbench.config import RunConfig, require
+from privbench.config import EvalConfig, RunConfig, require
 from privbench.defenses.adversarial import AdversarialDefense, AdversaryConfig
-from privbench.defenses.base import Key
+from privbench.defenses.base import Key, WhiteBox
 from privbench.nets import EncoderNet
 from privbench.registry import register_defense
 from privbench.tasks.base import REPEATED_SCANS
@@ -61,3 +62,21 @@ class PrivacyNet(AdversarialDefense):
 
     def decode(self, server_output: torch.Tensor, key: Key) -> torch.Tensor:
         return server_output
+
+    def white_box(self) -> "EncoderWeights":
+        return EncoderWeights(self.encoder, self.patch_size, self.eval_cfg, self.device, self.amp)
+
+
+class EncoderWeights(WhiteBox):
+    """A copy of Privacy-Net's trained encoder, applied window by window like the client does."""
+
+    deterministic = True
+
+    def __init__(self, encoder: torch.nn.Module, patch_size: int, eval_cfg: EvalConfig,
+                 device: torch.device, amp: bool):
+        self.encoder = copy.deepcopy(encoder).eval()
+        self.patch_size, self.eval_cfg, self.device, self.amp = patch_size, eval_cfg, device, amp
+
+    def encode(self, volumes: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return engine.sliding_window_predict(self.encoder, volumes, self.patch_size, self.eval_cfg, self.device,
+                                             self.amp, softmax=False).clamp(0, 1).cpu()

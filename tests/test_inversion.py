@@ -1,0 +1,84 @@
+"""inversion: a white-box attacker undoes an encoding with the weights the server holds."""
+
+import pytest
+import torch
+
+from privbench import config
+from privbench.attacks.base import PublicPool, execute
+from privbench.attacks.inversion import AlignedPatches, Inversion
+from privbench.defenses.base import Defense, WhiteBox
+from privbench.registry import create_task
+
+
+class Squared(WhiteBox):
+    """An invertible, keyless encoding: a fixed monotone contrast map."""
+
+    deterministic = True
+
+    def encode(self, volumes, generator):
+        return volumes.clamp(0, 1) ** 2
+
+
+class ContrastDefense(Defense):
+    """A client that sends x**2 (and says nothing else about the scan)."""
+
+    name = "none"  # described to the attacker as the keyless scheme; only its white box differs
+
+    def fit(self, task, cfg, *, device, progress=True, workdir=None):
+        raise AssertionError("nothing to train")
+
+    def encode(self, image, key):
+        return Squared().encode(image, None)
+
+    def server(self, proxy):
+        return proxy
+
+    def decode(self, server_output, key):
+        return server_output
+
+    def white_box(self):
+        return Squared()
+
+
+@pytest.fixture(scope="module")
+def cohort(cache_dir):
+    """test_linkage's 4 mm cohort (16 public subjects to train the decoder on, 8 test subjects)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PRIVBENCH_CACHE", str(cache_dir))
+        cfg = config.resolve("test", {"task.n_subjects": 40, "task.public_fraction": 0.4, "task.test_fraction": 0.2,
+                                      "task.reference_subjects": 12, "task.max_test_scans": 0,
+                                      "attack.inversion.iterations": 120, "attack.inversion.lr": 3e-3})
+        return cfg, create_task("mni-tissue", cfg=cfg)
+
+
+def test_an_invertible_encoding_is_undone_and_its_requests_linked(cohort, tmp_path):
+    cfg, task = cohort
+    result = execute(Inversion(), ContrastDefense(), task, cfg, run_dir=tmp_path)
+    m = result.metrics
+    assert m["msssim"] > 0.9 and m["msssim"] > m["request_msssim"] and m["msssim"] > m["template_msssim"]
+    assert m["decoded_top1"] == 1.0 and m["top1"] == 1.0 and result.settings["stronger"] == "decoded"
+    assert m["matched_top1"] > 5 * m["chance_top1"]  # the gallery through the same keyless map
+    assert m["auc"] > 0.95 and m["tpr_at_1pct_fpr"] >= m["tpr_at_0_fpr"]
+    assert result.settings["keys_per_scan"] == 1 and result.settings["decoder_iterations"] == 120
+    assert [row["guess"] for row in result.table][:3] == [
+        "decoded requests vs the clean gallery", "requests vs the gallery through the encoder",
+        "requests vs the clean gallery (the linkage attack)"]
+    assert (tmp_path / "inversion_scores.csv").exists() and (tmp_path / "inversion_decoder.pt").exists()
+
+
+def test_aligned_patches_are_co_located_and_reproducible():
+    clean = torch.rand(3, 1, 20, 22, 24)
+    sampler = AlignedPatches(clean ** 2, clean, patch=8, batch=5, seed=7)
+    batch = sampler.batch(4)
+    assert batch.image.shape == (5, 1, 8, 8, 8) and batch.label.shape == (5, 8, 8, 8)
+    assert torch.equal(batch.image[:, 0], batch.label ** 2)  # the encoded patch of the very same voxels
+    assert torch.equal(sampler.batch(4).image, batch.image) and not torch.equal(sampler.batch(5).image, batch.image)
+
+
+def test_a_defense_without_weights_is_refused(cohort, tmp_path):
+    from privbench.defenses.none import NoProxy
+
+    cfg, task = cohort
+    with pytest.raises(Exception, match="needs the encoding's weights"):
+        execute(Inversion(), NoProxy(), task, cfg, run_dir=tmp_path)
+    assert PublicPool(task).images().shape[0] == len(task.scans("public"))
