@@ -130,3 +130,30 @@ def test_an_unknown_grant_is_refused(client, tmp_path):
     attack.granted = lambda config: attack.grants
     with pytest.raises(ValueError, match="unknown"):
         execute(attack, defense, task, cfg, run_dir=tmp_path)
+
+
+WHITE_BOX = [(name, defense) for name in ATTACKS.names() for defense in ("privacy-net", "deformation")
+             if "weights" in create_attack(name).grants and create_attack(name).applies(defense)]
+
+
+@pytest.mark.parametrize("name, defense_name", WHITE_BOX)
+def test_a_white_box_attacker_gets_copies_of_the_weights_and_nothing_of_the_victims(
+        name, defense_name, client, tmp_path, monkeypatch):
+    from privbench.registry import create_defense
+
+    cfg, task, _ = client
+    cfg = dataclasses.replace(cfg, defense=defense_name, attacks=(name,))
+    defense = create_defense(defense_name)
+    defense.setup(task, cfg, torch.device("cpu"))
+    keys = []
+    real_new_key = defense.new_key
+    monkeypatch.setattr(defense, "new_key", lambda generator=None: keys.append(real_new_key(generator)) or keys[-1])
+    observation = observed(create_attack(name), cfg, task, defense, tmp_path, monkeypatch)
+    assert observation.white_box is not None and "weights" in observation.granted
+    objects = reachable(observation)
+    assert not [type(o).__name__ for o in objects if isinstance(o, (Defense, Task, RunConfig, torch.Generator))]
+    own = {id(m) for m in reachable(defense) if isinstance(m, torch.nn.Module)}
+    modules = [o for o in objects if isinstance(o, torch.nn.Module)]
+    assert modules and not [m for m in modules if id(m) in own]  # copies, never the defense's own networks
+    ints = {o for o in objects if type(o) is int}
+    assert SEED not in ints and not {key.seed for key in keys if hasattr(key, "seed")} & ints
