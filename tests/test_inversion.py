@@ -5,7 +5,8 @@ import torch
 
 from privbench import config
 from privbench.attacks.base import PublicPool, execute
-from privbench.attacks.inversion import AlignedPatches, Inversion
+from privbench.attacks.inversion import Inversion
+from privbench.attacks.learned import AlignedPatches
 from privbench.defenses.base import Defense, WhiteBox
 from privbench.registry import create_task
 
@@ -70,8 +71,8 @@ def test_aligned_patches_are_co_located_and_reproducible():
     clean = torch.rand(3, 1, 20, 22, 24)
     sampler = AlignedPatches(clean ** 2, clean, patch=8, batch=5, seed=7)
     batch = sampler.batch(4)
-    assert batch.image.shape == (5, 1, 8, 8, 8) and batch.label.shape == (5, 8, 8, 8)
-    assert torch.equal(batch.image[:, 0], batch.label ** 2)  # the encoded patch of the very same voxels
+    assert batch.image.shape == (5, 1, 8, 8, 8) and batch.label.shape == (5, 1, 8, 8, 8)
+    assert torch.equal(batch.image, batch.label ** 2)  # the encoded patch of the very same voxels
     assert torch.equal(sampler.batch(4).image, batch.image) and not torch.equal(sampler.batch(5).image, batch.image)
 
 

@@ -27,10 +27,12 @@ from typing import Any
 
 import torch
 
-from privbench import engine, roc, streams
+from privbench import engine, roc
+from privbench.attacks import learned
 from privbench.attacks import linkage as linkage_attack
 from privbench.attacks.base import Attack, AttackResult, Gallery, Observation, Truth
-from privbench.config import EvalConfig, RunConfig, TrainConfig, require
+from privbench.attacks.learned import AlignedPatches
+from privbench.config import EvalConfig, RunConfig, require
 from privbench.errors import PrivbenchError
 from privbench.metrics import ms_ssim3d, residual_correlation
 from privbench.nets import EncoderNet
@@ -60,25 +62,6 @@ class InversionConfig:
                  "attack.inversion.features must be six positive widths"))
 
 
-class AlignedPatches:
-    """Batch ``i`` of co-located patches of (encoded, clean) volume pairs, as ``image`` and
-    ``label``: a pure function of the seed and ``i`` (so decoder training resumes exactly)."""
-
-    def __init__(self, encoded: torch.Tensor, clean: torch.Tensor, patch: int, batch: int, seed: int):
-        self.encoded, self.clean, self.patch, self.size, self.seed = encoded, clean, patch, batch, seed
-
-    def batch(self, iteration: int) -> engine.Batch:
-        g = streams.generator(self.seed, "patches", str(iteration))
-        which = torch.randint(len(self.clean), (self.size,), generator=g)
-        inputs, targets = [], []
-        for i in which.tolist():
-            start = [int(torch.randint(max(n - self.patch, 0) + 1, (), generator=g)) for n in self.clean.shape[2:]]
-            window = (slice(None), *(slice(s, s + self.patch) for s in start))
-            inputs.append(self.encoded[i][window])
-            targets.append(self.clean[i][window])
-        return engine.Batch(torch.stack(inputs), torch.stack(targets)[:, 0], [])
-
-
 @register_attack("inversion", description="White-box: a decoder trained on public scans through the "
                  "server's copy of the encoder, and the gallery passed through it (recovery MS-SSIM, linkage)",
                  paper="Xiao et al., AAAI 2020; Elazar & Goldberg, EMNLP 2018",
@@ -105,8 +88,11 @@ class Inversion(Attack):
         public = observation.public.images()
         encoded = torch.cat([box.encode(public, g) for _ in range(keys)])
         decoder = EncoderNet(config.features).to(run.device)
-        report = self._fit(decoder, AlignedPatches(encoded, public.repeat(keys, 1, 1, 1, 1), run.patch_size,
-                                                   config.batch_size, observation.seed), config, run)
+        pairs = AlignedPatches(encoded, public.repeat(keys, 1, 1, 1, 1), run.patch_size, config.batch_size,
+                               observation.seed)
+        report = learned.fit(decoder, pairs, lambda out, batch: (out - batch.label).abs().mean(),
+                             iterations=config.iterations, batch_size=config.batch_size, lr=config.lr,
+                             features=config.features, run=run, name="inversion decoder", checkpoint=CHECKPOINT)
         requests = torch.cat([request[:1] for request in observation.requests]).float()
         decoder.eval()
         decoded = engine.sliding_window_predict(decoder, requests, run.patch_size, EvalConfig(), run.device,
@@ -118,27 +104,6 @@ class Inversion(Attack):
                            "matched": residual_correlation(requests, encoded_gallery, encoded_mean)},
                 "settings": {"decoder_train_seconds": report.seconds, "decoder_iterations": report.iterations,
                              "keys_per_scan": keys, "public_scans": len(public)}}
-
-    @staticmethod
-    def _fit(decoder: torch.nn.Module, sampler: AlignedPatches, config: InversionConfig, run) -> engine.TrainReport:
-        optimizer = torch.optim.Adam(decoder.parameters(), lr=config.lr)
-
-        def step(batch: engine.Batch, iteration: int) -> dict[str, float]:
-            decoder.train()
-            optimizer.zero_grad(set_to_none=True)
-            with engine.autocast(run.device, run.amp):
-                out = decoder(batch.image)
-            loss = (out.float() - batch.label[:, None]).abs().mean()
-            loss.backward()
-            optimizer.step()
-            return {"l1": loss.item()}
-
-        train_cfg = TrainConfig(iterations=config.iterations, batch_size=config.batch_size,
-                                patch_size=run.patch_size, lr=config.lr, lr_schedule="constant",
-                                features=config.features, checkpoint_every=run.checkpoint_every, amp=run.amp)
-        return engine.train(step, sampler, train_cfg, state={"decoder": decoder, "optimizer": optimizer},
-                            device=run.device, workdir=run.workdir, progress=run.progress,
-                            name="inversion decoder", checkpoint=CHECKPOINT)
 
     def score(self, guesses: dict[str, Any], truth: Truth, observation: Observation, run_dir: Path) -> AttackResult:
         gallery: Gallery = observation.gallery
