@@ -19,3 +19,22 @@ class CoordinateTask(Task):
         index = int(scan.session[3:])
         d, h, w = np.meshgrid(*(np.arange(n) for n in (40, 36, 44)), indexing="ij")
         return (1e6 * index + 1e4 * d + 1e2 * h + w).astype(np.float32), np.full((40, 36, 44), index)
+
+
+GALLERY_COHORT = {"task.n_subjects": 40, "task.public_fraction": 0.4, "task.test_fraction": 0.2,
+                  "task.reference_subjects": 12, "task.max_test_scans": 0}
+
+
+def gallery_cohort(cache_dir, **overrides):
+    """The attacks' 4 mm test cohort: 16 public subjects (a decoder's or separator's training
+    data, the gallery's distractors), 8 test subjects with all their scans, 12 reference
+    subjects; ``overrides`` are more ``--set`` items (``attack.inversion.iterations=...``)."""
+    import pytest
+
+    from privbench import config
+    from privbench.registry import create_task
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PRIVBENCH_CACHE", str(cache_dir))
+        cfg = config.resolve("test", {**GALLERY_COHORT, **overrides})
+        return cfg, create_task("mni-tissue", cfg=cfg)

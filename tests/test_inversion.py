@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from privbench import config
 from privbench.attacks.base import PublicPool, execute
 from privbench.attacks.inversion import Inversion
 from privbench.attacks.learned import AlignedPatches
 from privbench.defenses.base import Defense, WhiteBox
-from privbench.registry import create_task
+
+from helpers import gallery_cohort
 
 
 class Squared(WhiteBox):
@@ -43,13 +43,8 @@ class ContrastDefense(Defense):
 
 @pytest.fixture(scope="module")
 def cohort(cache_dir):
-    """test_linkage's 4 mm cohort (16 public subjects to train the decoder on, 8 test subjects)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PRIVBENCH_CACHE", str(cache_dir))
-        cfg = config.resolve("test", {"task.n_subjects": 40, "task.public_fraction": 0.4, "task.test_fraction": 0.2,
-                                      "task.reference_subjects": 12, "task.max_test_scans": 0,
-                                      "attack.inversion.iterations": 120, "attack.inversion.lr": 3e-3})
-        return cfg, create_task("mni-tissue", cfg=cfg)
+    """The attacks' gallery cohort (tests/helpers.py)."""
+    return gallery_cohort(cache_dir, **{"attack.inversion.iterations": 120, "attack.inversion.lr": 3e-3})
 
 
 def test_an_invertible_encoding_is_undone_and_its_requests_linked(cohort, tmp_path):

@@ -13,7 +13,8 @@ from privbench.attacks.base import PublicPool, execute
 from privbench.defenses.mixup import MixupKey, MixupPrivacy
 from privbench.defenses.none import NoProxy
 from privbench.metrics import linkage, residual_correlation, ms_ssim3d
-from privbench.registry import create_task
+
+from helpers import gallery_cohort
 
 
 def test_linkage_ranks_identities_and_excludes_the_probe_itself():
@@ -45,12 +46,8 @@ def test_residual_correlation_ignores_the_population_mean_and_scale():
 
 @pytest.fixture(scope="module")
 def cohort(cache_dir):
-    """A 4 mm cohort with a large public pool (the attacker's statistics) and 12-subject reference pool."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PRIVBENCH_CACHE", str(cache_dir))
-        cfg = config.resolve("test", {"task.n_subjects": 40, "task.public_fraction": 0.4, "task.test_fraction": 0.2,
-                                      "task.reference_subjects": 12, "task.max_test_scans": 0})
-        return cfg, create_task("mni-tissue", cfg=cfg)
+    """The attacks' gallery cohort (tests/helpers.py)."""
+    return gallery_cohort(cache_dir)
 
 
 def test_linkage_of_unprotected_scans_is_perfect(cohort, tmp_path):

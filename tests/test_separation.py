@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from privbench import config
 from privbench.attacks.base import execute
 from privbench.attacks.separation import Separation, SyntheticMixtures, permutation_invariant_l1
 from privbench.defenses.mixup import MixupPrivacy
 from privbench.defenses.none import NoProxy
 from privbench.engine import Batch
-from privbench.registry import create_task
+
+from helpers import gallery_cohort
 
 
 def test_synthetic_mixtures_mix_two_scans_with_a_from_the_public_range():
@@ -31,14 +31,8 @@ def test_the_loss_does_not_care_which_output_holds_which_source():
 
 @pytest.fixture(scope="module")
 def cohort(cache_dir):
-    """test_linkage's 4 mm cohort (16 public subjects, 8 test subjects, 12 reference subjects)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PRIVBENCH_CACHE", str(cache_dir))
-        cfg = config.resolve("test", {"task.n_subjects": 40, "task.public_fraction": 0.4, "task.test_fraction": 0.2,
-                                      "task.reference_subjects": 12, "task.max_test_scans": 0,
-                                      "attack.separation.iterations": 120,
-                                      "attack.separation.lr": 3e-3})
-        return cfg, create_task("mni-tissue", cfg=cfg)
+    """The attacks' gallery cohort (tests/helpers.py)."""
+    return gallery_cohort(cache_dir, **{"attack.separation.iterations": 120, "attack.separation.lr": 3e-3})
 
 
 def test_unmixed_requests_are_linked_through_the_separated_sources(cohort, tmp_path):
