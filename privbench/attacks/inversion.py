@@ -87,7 +87,7 @@ class Inversion(Attack):
         keys = 1 if box.deterministic else config.keys
         public = observation.public.images()
         encoded = torch.cat([box.encode(public, g) for _ in range(keys)])
-        decoder = EncoderNet(config.features).to(run.device)
+        decoder = learned.seeded(observation.seed, lambda: EncoderNet(config.features)).to(run.device)
         pairs = AlignedPatches(encoded, public.repeat(keys, 1, 1, 1, 1), run.patch_size, config.batch_size,
                                observation.seed)
         report = learned.fit(decoder, pairs, lambda out, batch: (out - batch.label).abs().mean(),

@@ -37,6 +37,14 @@ class AlignedPatches:
 Loss = Callable[[torch.Tensor, engine.Batch], torch.Tensor]
 
 
+def seeded(seed: int, make: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """``make()``'s network with initial weights from the attacker's own stream, not from the
+    global random state (which depends on whatever ran before)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(streams.seed_of(seed, "init"))
+        return make()
+
+
 def fit(net: torch.nn.Module, sampler, loss: Loss, *, iterations: int, batch_size: int, lr: float,
         features: tuple[int, ...], run: Runtime, name: str, checkpoint: str) -> engine.TrainReport:
     """Train ``net`` with Adam on ``loss(net(batch.image), batch)``, checkpointed in the

@@ -129,7 +129,7 @@ class Separation(Attack):
         described = observation.defense.config.get("mixup", {})
         a_range = (described.get("eval_a_min", 0.5), described.get("eval_a_max", 0.5))
         public = observation.public.images()
-        net = Separator(config.features).to(run.device)
+        net = learned.seeded(observation.seed, lambda: Separator(config.features)).to(run.device)
         report = learned.fit(net, SyntheticMixtures(public, a_range, run.patch_size, config.batch_size,
                                                     observation.seed),
                              permutation_invariant_l1, iterations=config.iterations, batch_size=config.batch_size,
