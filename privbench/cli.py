@@ -155,11 +155,16 @@ def list_(
     if kind not in REGISTRIES:
         raise PrivbenchError(f"cannot list {kind!r}: choose tasks, defenses or attacks")
     table = Table(title=f"privbench {kind}")
-    for column in ("name", "description", "paper", "requires", "config", "from"):
+    columns = ("name", "description", "paper", "requires", "config", "from")
+    for column in columns + (("granted (default config)",) if kind == "attacks" else ()):
         table.add_column(column, overflow="fold")
     for entry in REGISTRIES[kind].entries(pattern):
-        table.add_row(entry.name, entry.description, entry.paper, ", ".join(entry.requires) or "-",
-                      ", ".join(name for name, _ in entry.sections) or "-", entry.source)
+        row = [entry.name, entry.description, entry.paper, ", ".join(entry.requires) or "-",
+               ", ".join(name for name, _ in entry.sections) or "-", entry.source]
+        if kind == "attacks":  # the threat model: what the attacker holds beyond the requests
+            attack, config = entry.factory(), entry.sections[0][1]() if entry.sections else None
+            row.append(", ".join(attack.granted(config)) or "requests only")
+        table.add_row(*row)
     console.print(table)
 
 
