@@ -157,7 +157,7 @@ def list_(
     table = Table(title=f"privbench {kind}")
     columns = ("name", "description", "paper", "requires", "config", "from")
     for column in columns + (("granted (default config)",) if kind == "attacks" else ()):
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold", no_wrap=column == "name")  # a name is never cut
     for entry in REGISTRIES[kind].entries(pattern):
         row = [entry.name, entry.description, entry.paper, ", ".join(entry.requires) or "-",
                ", ".join(name for name, _ in entry.sections) or "-", entry.source]

@@ -27,6 +27,8 @@ def installed(tmp_path, monkeypatch):
     (info / "entry_points.txt").write_text("".join(
         f"[{group}]\n" + "".join(f"{name} = {target}\n" for name, target in points.items())
         for group, points in groups.items()))
+    for reg in registry.REGISTRIES.values():
+        reg.names()  # the built-ins first (their modules register once per process), before the plugin is visible
     monkeypatch.syspath_prepend(str(PLUGIN))
     monkeypatch.syspath_prepend(str(tmp_path))
     for reg in registry.REGISTRIES.values():
