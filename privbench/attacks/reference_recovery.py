@@ -215,18 +215,19 @@ class ReferenceRecovery(Attack):
     def score(self, guesses: Unmixing, truth: Truth, observation: Observation, run_dir: Path) -> AttackResult:
         gallery = observation.gallery
         mixtures = torch.cat([request[:1] for request in observation.requests]).float()
-        rows = [self._row(fit, n, truth, gallery, mixtures[:n]) for n, fit in
+        rows = [self._row(fit, n, truth, gallery) for n, fit in
                 sorted({**guesses.curve, len(mixtures): guesses}.items())]
         full = rows[-1]
         targets = torch.cat(truth.images)
         mixture = float(_msssim(mixtures, targets).mean())
         template = float(_msssim(gallery.mean.expand_as(targets[:, 0])[:, None], targets).mean())
-        plain = linkage_attack.rank({"c": linkage_attack.similarities(mixtures, gallery, msssim=False)["correlation"]},
-                                    truth.subjects, truth.sessions, gallery)["c"]
-        scores = self._identity(guesses, mixtures, truth, gallery)
-        low_fpr = roc.report({"recovered": scores[0], "mixture": scores[1]}, run_dir, self.name,
-                             f"reference-recovery from {len(mixtures)} requests")
-        table = [{"guess": f"recovered from {r['requests']} requests", **r} for r in rows]
+        by_mixture = linkage_attack.similarities(mixtures, gallery, msssim=False)["correlation"]
+        plain = linkage_attack.rank({"c": by_mixture}, truth.subjects, truth.sessions, gallery)["c"]
+        low_fpr = roc.report({name: linkage_attack.identity_scores(s, truth.subjects, truth.sessions, gallery)
+                              for name, s in (("recovered", full["scores"]), ("mixture", by_mixture))},
+                             run_dir, self.name, f"reference-recovery from {len(mixtures)} requests")
+        table = [{"guess": f"recovered from {r['requests']} requests", **{k: v for k, v in r.items() if k != "scores"}}
+                 for r in rows]
         table += [{"guess": "mixture as guess", "msssim": mixture, "linkage_top1": plain["top1"]},
                   {"guess": "public mean as guess", "msssim": template},
                   {"guess": "chance", "linkage_top1": plain["chance_top1"]}]
@@ -239,8 +240,9 @@ class ReferenceRecovery(Attack):
                     "residual": guesses.residual, "recovered_at_msssim": RECOVERED}
         return AttackResult(metrics, self.name, table, roc.files(self.name), settings)
 
-    def _row(self, fit: Unmixing, n: int, truth: Truth, gallery: Gallery, mixtures: torch.Tensor) -> dict[str, Any]:
-        """Scores of the fit of the first ``n`` requests."""
+    def _row(self, fit: Unmixing, n: int, truth: Truth, gallery: Gallery) -> dict[str, Any]:
+        """Scores of the fit of the first ``n`` requests, and their gallery scores (the better
+        of each request's two sources, by residual correlation)."""
         sources = fit.sources[:, None].clamp(0, 1)
         pool, targets = truth.shared["pool"], torch.cat(truth.images[:n])
         scans = {(s, t): image for s, t, image in zip(truth.subjects, truth.sessions, truth.images)}
@@ -250,23 +252,12 @@ class ReferenceRecovery(Attack):
                  for k in range(len(pool))]
         first, second = sources[fit.pairs[:, 0]], sources[fit.pairs[:, 1]]
         recovered = torch.maximum(_msssim(first, targets), _msssim(second, targets))
-        linked = self._identity(fit, mixtures, Truth(truth.subjects[:n], truth.sessions[:n], [], []), gallery,
-                                rank_only=True)
+        per_source = linkage_attack.similarities(sources, gallery, msssim=False)["correlation"]
+        scores = torch.maximum(per_source[fit.pairs[:, 0]], per_source[fit.pairs[:, 1]])  # the better source's
+        linked = linkage_attack.rank({"c": scores}, truth.subjects[:n], truth.sessions[:n], gallery)["c"]
         return {"requests": n, "rank": fit.rank, "residual": fit.residual,
                 "references_recovered": sum(f >= RECOVERED for f in found) / len(found),
-                "msssim": float(recovered.mean()), "linkage_top1": linked["top1"]}
-
-    @staticmethod
-    def _identity(fit: Unmixing, mixtures: torch.Tensor, truth: Truth, gallery: Gallery, rank_only: bool = False):
-        """Each request's gallery scores: the better of its two sources' residual correlations."""
-        sources = fit.sources[:, None].clamp(0, 1)
-        per_source = linkage_attack.similarities(sources, gallery, msssim=False)["correlation"]
-        scores = torch.maximum(per_source[fit.pairs[:, 0]], per_source[fit.pairs[:, 1]])
-        if rank_only:
-            return linkage_attack.rank({"c": scores}, truth.subjects, truth.sessions, gallery)["c"]
-        mixture = linkage_attack.similarities(mixtures, gallery, msssim=False)["correlation"]
-        return tuple(linkage_attack.identity_scores(s, truth.subjects, truth.sessions, gallery)
-                     for s in (scores, mixture))
+                "msssim": float(recovered.mean()), "linkage_top1": linked["top1"], "scores": scores}
 
 
 def _corr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
