@@ -127,7 +127,7 @@ def test_an_unknown_grant_is_refused(client, tmp_path):
     cfg, task, defense = client
     attack = create_attack("reid")
     attack.grants = ("the keys",)
-    attack.granted = lambda config: attack.grants
+    attack.granted = lambda config, defense="": attack.grants
     with pytest.raises(ValueError, match="unknown"):
         execute(attack, defense, task, cfg, run_dir=tmp_path)
 

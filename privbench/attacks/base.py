@@ -226,14 +226,15 @@ class Attack(abc.ABC):
     def applies(self, defense: str) -> bool:
         return "*" in self.applies_to or defense in self.applies_to
 
-    def granted(self, config: Any) -> tuple[str, ...]:
-        """The grants for this config (an attack whose config changes its view overrides this)."""
+    def granted(self, config: Any, defense: str = "") -> tuple[str, ...]:
+        """The grants for this config against the defense called ``defense`` ("": any), for an
+        attack whose view depends on either to override."""
         return self.grants
 
     def victims(self, client: Client, config: Any) -> Victims:
         """Harness: the requests the victims send while this attacker watches (default: one
         request per test scan, with the answers if granted)."""
-        return client.send_test_scans(answers="answers" in self.granted(config))
+        return client.send_test_scans(answers="answers" in self.granted(config, client.defense.name))
 
     @abc.abstractmethod
     def reconstruct(self, observation: Observation) -> Any:
@@ -256,7 +257,7 @@ def execute(attack: Attack, defense: "Defense", task: Task, cfg: RunConfig, *, r
             progress: bool = True) -> AttackResult:
     """Run one attack against a trained defense through the boundary (see the module)."""
     config = attack_config(cfg, attack.name)
-    granted = attack.granted(config)
+    granted = attack.granted(config, defense.name)
     unknown = set(granted) - set(GRANTS)
     if unknown:
         raise ValueError(f"attack {attack.name!r} grants unknown {sorted(unknown)} (known: {sorted(GRANTS)})")
@@ -290,7 +291,7 @@ def card_entry(attack: Attack, defense: str, result: AttackResult | None, config
     if result is None:
         return entry | {"status": NOT_APPLICABLE,
                         "reason": f"{attack.name} applies to {', '.join(attack.applies_to)}, not {defense}"}
-    granted = ["requests", "defense's public config", *attack.granted(config)]
+    granted = ["requests", "defense's public config", *attack.granted(config, defense)]
     return entry | {"status": "done", "label": result.label or attack.name, "granted": granted,
                     "measures": {"identity": attack.identifies, "recovery": attack.recovers},
                     "metrics": result.metrics, "table": result.table,

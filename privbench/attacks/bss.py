@@ -185,7 +185,7 @@ class BlindSourceSeparation(Attack):
     applies_to = ("mixup",)
     observes = "one mixture per test patch (and a, when attack.bss.known_a); public scans for the prior"
 
-    def granted(self, config: BssConfig) -> tuple[str, ...]:
+    def granted(self, config: BssConfig, defense: str = "") -> tuple[str, ...]:
         return ("public_pool", "mixing_weight") if config.known_a else ("public_pool",)
 
     def victims(self, client: Client, config: BssConfig) -> Victims:

@@ -67,7 +67,7 @@ class Reidentification(Attack):
     identifies = "top1"
     observes = "every test scan's request to the server (or, with observe=output, its answer)"
 
-    def granted(self, config: ReidConfig) -> tuple[str, ...]:
+    def granted(self, config: ReidConfig, defense: str = "") -> tuple[str, ...]:
         return ("answers",) if config.observe == "output" else ()
 
     def reconstruct(self, observation: Observation) -> torch.Tensor:
