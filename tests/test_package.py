@@ -72,3 +72,16 @@ def test_no_shared_module_names_a_defense(shared):
     for defense in set(list_defenses()) - {"none"}:  # "none", the baseline, is the default defense
         assert not re.search(rf"""["']{re.escape(defense)}["']""", code), f"{shared} names {defense!r}"
     assert "Mixup" not in code and "mixup" not in code.replace("privbench.defenses.mixup", "")
+
+
+def test_loading_every_component_imports_neither_timm_nor_torchvision():
+    """timm (and torchvision under it) does not import on a CPU build of torch: only
+    ``learned-reid``'s timm backbone may import it, when asked for."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from privbench import cli; from privbench.registry import ATTACKS, DEFENSES, TASKS; "
+            "[r.names() for r in (ATTACKS, DEFENSES, TASKS)]; "
+            "print(sorted(m for m in ('timm', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
