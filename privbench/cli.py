@@ -105,7 +105,9 @@ def _print_card(result: runner.RunResult) -> None:
                                           else "n/a" for c in classes + ["mean"]))
     console.print(table)
     t = card.timings
-    console.print(f"training {t['train_seconds']:.0f} s ({t['train_it_per_s']:.2f} it/s), "
+    trained = "training " + (f"{t['train_seconds']:.0f} s" if t.get("train_seconds") is not None else "time unknown")
+    trained += f" ({t['train_it_per_s']:.2f} it/s)" if t.get("train_it_per_s") else " (resumed after its last iteration)"
+    console.print(f"{trained}, "
                   f"inference {t['infer_seconds_per_volume']:.2f} s/volume on {card.device.get('type', '?')}"
                   + (f" in {card.precision['dtype']}" if card.precision else ""))
     for line in card.summary:  # the defense's own lines (mixup: TTA cost, test-retest)

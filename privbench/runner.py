@@ -111,8 +111,11 @@ def _checked(cfg: RunConfig) -> tuple[torch.device, str]:
 
 
 def _training_timings(report: engine.TrainReport) -> dict[str, Any]:
-    return {"train_seconds": report.seconds, "train_iterations": report.iterations,
-            "train_resumed_from": report.start_iteration, "train_it_per_s": report.it_per_s,
+    """Training time over every process that trained the run (None where an earlier one's was
+    not recorded), and the speed of this process (None if it resumed a finished checkpoint)."""
+    return {"train_seconds": report.total_seconds, "train_seconds_this_process": report.seconds,
+            "train_iterations": report.iterations, "train_resumed_from": report.start_iteration,
+            "train_it_per_s": report.it_per_s,
             "train_seconds_per_iteration": 1 / report.it_per_s if report.it_per_s else None}
 
 

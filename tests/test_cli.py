@@ -76,11 +76,14 @@ def test_leaderboard_collects_cards_and_warns_on_broken_ones(finished_run, tmp_p
 
 def test_resume_continues_an_unfinished_run(finished_run, cache_dir):
     out, card_path, _ = finished_run
+    first = json.loads(card_path.read_text())["timings"]
     card_path.unlink()  # as if the run had died after its last checkpoint
-    result = invoke("run", "--preset", "test", "--out", out, "--resume", "--quiet")
+    result = invoke("run", "--preset", "test", "--out", out, "--resume")
     assert result.exit_code == 0, result.output
-    card = json.loads(card_path.read_text())
-    assert card["timings"]["train_resumed_from"] == 3
+    timings = json.loads(card_path.read_text())["timings"]
+    assert timings["train_resumed_from"] == 3 and timings["train_it_per_s"] is None  # nothing left to train
+    assert timings["train_seconds"] == pytest.approx(first["train_seconds"], rel=0.01)  # the first process's time
+    assert "resumed after its last iteration" in result.stdout
 
 
 def test_list_prints_registered_components():

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -116,3 +118,40 @@ def test_volumes_predicted_together_equal_one_by_one():
     # every call carries whole windows of all three volumes, and no patch is computed twice
     assert all(size % 3 == 0 for size in together_calls)
     assert sum(together_calls) == sum(calls)
+
+
+class _Counter:
+    """A sampler and a one-weight model: enough for the training loop's bookkeeping."""
+
+    def batch(self, iteration):
+        return torch.ones(1)
+
+
+def test_a_resumed_run_counts_the_training_time_of_every_process(tmp_path):
+    net = torch.nn.Linear(1, 1)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    state = {"net": net, "optimizer": optimizer}
+
+    def step(batch, iteration):
+        optimizer.zero_grad()
+        loss = net(batch).pow(2).sum()
+        loss.backward()
+        optimizer.step()
+        return {"loss": loss.item()}
+
+    def train(iterations):
+        cfg = TrainConfig(iterations=iterations, checkpoint_every=2)
+        return engine.train(step, _Counter(), cfg, state=state, device=torch.device("cpu"), workdir=tmp_path,
+                            progress=False)
+
+    first = train(2)
+    assert first.earlier_seconds == 0 and first.total_seconds == first.seconds and first.it_per_s > 0
+    recorded = json.loads((tmp_path / engine.seconds_file()).read_text())
+    assert recorded["iteration"] == 2 and recorded["seconds"] == pytest.approx(first.seconds, rel=0.5)
+    second = train(4)
+    assert second.start_iteration == 2 and second.earlier_seconds == recorded["seconds"]
+    assert second.total_seconds == pytest.approx(recorded["seconds"] + second.seconds)
+    finished = train(4)  # nothing left to train: no rate, the time already spent
+    assert finished.it_per_s is None and finished.total_seconds == pytest.approx(second.total_seconds, rel=0.01)
+    (tmp_path / engine.seconds_file()).unlink()  # e.g. a checkpoint written by older code
+    assert train(4).total_seconds is None

@@ -14,11 +14,11 @@ from privbench.engine.inference import sliding_window_predict
 from privbench.engine.sampling import Batch, ForegroundPicker, PatchSampler, crop_patch, random_start
 from privbench.engine.training import (CHECKPOINT, Sampler, Step, TrainReport, checkpoint_iteration,
                                        learning_rate, load_checkpoint, non_finite_parts, read_checkpoint,
-                                       save_checkpoint, set_learning_rate, train)
+                                       save_checkpoint, seconds_file, set_learning_rate, train)
 
 __all__ = [
     "CHECKPOINT", "Batch", "ForegroundPicker", "PatchSampler", "Sampler", "Step", "TrainReport",
     "autocast", "checkpoint_iteration", "crop_patch", "learning_rate", "load_checkpoint",
-    "non_finite_parts", "random_start", "read_checkpoint", "resolve_device", "save_checkpoint",
+    "non_finite_parts", "random_start", "read_checkpoint", "resolve_device", "save_checkpoint", "seconds_file",
     "seed_everything", "set_learning_rate", "sliding_window_predict", "train",
 ]

@@ -9,6 +9,7 @@ non-finite loss, weight or gradient (:class:`NonFiniteError`), keeping the last 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import pickle
@@ -45,17 +46,26 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 @dataclass
 class TrainReport:
-    """What training did in this process (a resumed run counts only its own iterations)."""
+    """What training did: ``seconds`` and the rate in this process (a resumed run counts only
+    its own iterations), ``earlier_seconds`` in the processes before it (None where that was not
+    recorded, e.g. a checkpoint written by older code)."""
 
     iterations: int
     start_iteration: int
     seconds: float
     last_losses: dict[str, float]
+    earlier_seconds: float | None = 0.0
 
     @property
-    def it_per_s(self) -> float:
+    def it_per_s(self) -> float | None:
+        """Iterations per second in this process; None if it trained none."""
         done = self.iterations - self.start_iteration
-        return done / self.seconds if self.seconds > 0 else 0.0
+        return done / self.seconds if done > 0 and self.seconds > 0 else None
+
+    @property
+    def total_seconds(self) -> float | None:
+        """Training time over every process that trained this checkpoint (None if unknown)."""
+        return None if self.earlier_seconds is None else self.earlier_seconds + self.seconds
 
 
 Step = Callable[[Any, int], dict[str, float]]  # (a sampler's batch, iteration) -> losses
@@ -81,9 +91,15 @@ def train(step: Step, sampler: Sampler, cfg: TrainConfig, *, state: dict[str, An
     checkpoint written, which was checked, stays as it is.
     """
     start = load_checkpoint(workdir, state, checkpoint) if workdir else 0
+    earlier = _earlier_seconds(workdir, checkpoint, start) if start else 0.0
     if start:
         log.info("resuming %s from iteration %d", name, start)
     losses: dict[str, float] = {}
+
+    def save(done: int) -> None:
+        save_checkpoint(workdir, state, done, checkpoint)
+        spent = None if earlier is None else earlier + time.perf_counter() - began
+        io.write_text(workdir / seconds_file(checkpoint), json.dumps({"iteration": done, "seconds": spent}))
 
     def check(done: int, weights: bool = False) -> None:
         """Stop at a non-finite loss (every iteration) or weight (before each save)."""
@@ -108,12 +124,28 @@ def train(step: Step, sampler: Sampler, cfg: TrainConfig, *, state: dict[str, An
                 log.info("%s iter %d/%d %s %.2f it/s", name, done, cfg.iterations, text, rate)
             if workdir and done % cfg.checkpoint_every == 0 and done < cfg.iterations:
                 check(done, weights=True)
-                save_checkpoint(workdir, state, done, checkpoint)
+                save(done)
     if start < cfg.iterations:
         check(cfg.iterations, weights=True)
         if workdir:
-            save_checkpoint(workdir, state, cfg.iterations, checkpoint)
-    return TrainReport(cfg.iterations, start, time.perf_counter() - began, losses)
+            save(cfg.iterations)
+    return TrainReport(cfg.iterations, start, time.perf_counter() - began, losses, earlier)
+
+
+def seconds_file(checkpoint: str = CHECKPOINT) -> str:
+    """The file beside a checkpoint that records the training seconds spent to reach it (kept
+    out of the checkpoint, whose bytes stay a function of the seed)."""
+    return f"{Path(checkpoint).stem}_seconds.json"
+
+
+def _earlier_seconds(workdir: Path, checkpoint: str, iteration: int) -> float | None:
+    """The training seconds recorded for the checkpoint at ``iteration``, or None."""
+    try:
+        record = json.loads((workdir / seconds_file(checkpoint)).read_text())
+    except (OSError, ValueError):
+        return None
+    seconds = record.get("seconds") if isinstance(record, dict) and record.get("iteration") == iteration else None
+    return float(seconds) if isinstance(seconds, (int, float)) and math.isfinite(seconds) else None
 
 
 def non_finite_parts(state: dict[str, Any]) -> list[str]:
