@@ -148,3 +148,30 @@ def test_sections_come_from_the_registry_with_their_presets_and_validation():
 def test_did_you_mean_on_the_section_and_the_field(item, message):
     with pytest.raises(PrivbenchError, match=message):
         config.resolve("quick", [item])
+
+
+def test_a_task_can_declare_its_own_section(monkeypatch):
+    """A task's own settings live beside it, as a defense's and an attack's do."""
+    from dataclasses import dataclass
+
+    from privbench import registry
+
+    @dataclass
+    class ToyTaskConfig:
+        noise: float = 0.1
+        PRESETS = {"test": {"noise": 0.5}}
+
+        def validate(self, run):
+            config.require((0 <= self.noise <= 1, "toy_task.noise must be in [0, 1]"))
+
+    registry.TASKS.names()  # the built-ins first, then a copy that forgets the toy afterwards
+    monkeypatch.setattr(registry.TASKS, "_entries", dict(registry.TASKS._entries))
+    registry.TASKS.register("toy-task", description="a toy", config=ToyTaskConfig)(lambda cfg: None)
+    cfg = config.resolve("quick", ["task.name=toy-task", "toy_task.noise=0.3"])
+    assert cfg.toy_task.noise == 0.3 and config.resolve("test").toy_task.noise == 0.5
+    assert "toy_task" in config.used_sections(cfg)
+    assert config.config_hash(cfg) != config.config_hash(config.resolve("quick", ["task.name=toy-task"]))
+    assert config.config_hash(config.resolve("quick")) == config.config_hash(
+        config.resolve("quick", ["toy_task.noise=0.9"]))  # runs on other tasks ignore it
+    with pytest.raises(PrivbenchError, match=r"toy_task.noise must be in \[0, 1\]"):
+        config.resolve("quick", ["task.name=toy-task", "toy_task.noise=2"])
