@@ -2,9 +2,10 @@
 
 Every card found under a folder (schema version 1 or 2) contributes one row per evaluated
 variant: task, defense, variant, the attacks run, seed, the run's worst case, Dice, the
-attacks' headline metrics, timings and config hash. A second table names the worst case per
-defense over all its runs (:mod:`privbench.worst_case`). Cards that cannot be read are
-reported, not fatal.
+attacks' headline metrics, timings, config hash and setting (the hash without the seed). A
+second table names the worst case per defense over all its runs (:mod:`privbench.worst_case`),
+a third summarises the runs that differ only in seed (mean ± 95% CI, :mod:`privbench.seeds`).
+Cards that cannot be read are reported, not fatal.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ from typing import Any
 
 import pandas as pd
 
-from privbench import worst_case
+from privbench import seeds, worst_case
 from privbench.card import CARD, Card, load, write_text_atomic
 from privbench.errors import PrivbenchError
 
 ID_COLUMNS = ["task", "defense", "variant", "attack", "seed", "preset"]
 WORST_COLUMNS = list(worst_case.IDENTITY_COLUMNS + worst_case.RECOVERY_COLUMNS)
 TIMING_COLUMNS = ["train_seconds", "train_it_per_s", "infer_seconds_per_volume"]
-TAIL_COLUMNS = TIMING_COLUMNS + ["config_hash", "run_id"]
+TAIL_COLUMNS = TIMING_COLUMNS + ["config_hash", "setting", "run_id"]
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Leaderboard:
     table: pd.DataFrame
     unreadable: list[tuple[Path, str]]
     worst: pd.DataFrame = field(default_factory=pd.DataFrame)  # strongest attacks per (task, preset, defense)
+    seeds: pd.DataFrame = field(default_factory=pd.DataFrame)  # runs differing only in seed, summarised
 
 
 def card_rows(card: Card) -> list[dict[str, Any]]:
@@ -41,7 +43,7 @@ def card_rows(card: Card) -> list[dict[str, Any]]:
     done = [entry for entry in card.attacks if entry.get("status") == "done"]
     common = {"task": card.task, "defense": card.defense, "seed": card.seed,
               "attack": ",".join(entry["label"] for entry in done),
-              "preset": card.preset, "config_hash": card.config_hash,
+              "preset": card.preset, "config_hash": card.config_hash, "setting": seeds.setting(card.config),
               "run_id": card.run_id, **{k: card.timings.get(k) for k in TIMING_COLUMNS},
               **{f"{entry['label']}_{k}": v for entry in done for k, v in entry["metrics"].items()},
               **worst_case.columns(card.attacks)}
@@ -71,7 +73,7 @@ def collect(root: str | Path) -> Leaderboard:
         metrics = sorted(c for c in table.columns if c not in ID_COLUMNS + WORST_COLUMNS + TAIL_COLUMNS)
         table = table[ID_COLUMNS + WORST_COLUMNS + metrics + TAIL_COLUMNS].sort_values(ID_COLUMNS[:4], kind="stable")
     table = table.reset_index(drop=True)
-    return Leaderboard(table, unreadable, worst_case.per_defense(table))
+    return Leaderboard(table, unreadable, worst_case.per_defense(table), seeds.summarise(table))
 
 
 def select(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -98,12 +100,21 @@ def to_markdown(table: pd.DataFrame, digits: int = 3) -> str:
 
 
 def write(board: Leaderboard, csv_path: str | Path, markdown_path: str | Path | None = None) -> None:
-    """Write the CSV (and the Markdown table, by default beside it as ``.md``) atomically, and
-    the worst case per defense as ``<name>-worst-case.csv`` and a second Markdown table."""
+    """Write the CSV (and the Markdown table, by default beside it as ``.md``) atomically, the
+    worst case per defense as ``<name>-worst-case.csv`` and the summary over seeds as
+    ``<name>-seeds.csv``, each also as a section of the Markdown (the summary of the metrics the
+    table shows, timings left out)."""
     csv_path = Path(csv_path)
     markdown_path = Path(markdown_path) if markdown_path else csv_path.with_suffix(".md")
+    shown = [c for c in board.table.columns if c not in TIMING_COLUMNS]
+    summary = board.seeds[[c for c in board.seeds.columns if c in seeds.GROUP_COLUMNS + ["runs", "seeds"]
+                           or c.rsplit("_", 1)[0] in shown]] if not board.seeds.empty else board.seeds
     write_text_atomic(csv_path, board.table.to_csv(index=False))
     write_text_atomic(csv_path.with_name(f"{csv_path.stem}-worst-case.csv"), board.worst.to_csv(index=False))
+    write_text_atomic(csv_path.with_name(f"{csv_path.stem}-seeds.csv"), summary.to_csv(index=False))
     write_text_atomic(markdown_path, to_markdown(board.table) + "\n### Worst case per defense\n\n"
                       "The strongest identity attack (top-1, TPR at 1% FPR) and recovery attack (MS-SSIM) "
-                      "over every run of the defense.\n\n" + to_markdown(board.worst))
+                      "over every run of the defense.\n\n" + to_markdown(board.worst)
+                      + "\n### Over seeds\n\nRuns that differ only in their seed: mean ± the half-width of "
+                      "a 95% confidence interval (Student's t; none with one run, `(n=k)` where fewer runs "
+                      "have the metric).\n\n" + seeds.to_markdown(summary))

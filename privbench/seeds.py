@@ -1,0 +1,101 @@
+"""Runs that differ only in their seed, summarised: one seed is an anecdote, not a result.
+
+The leaderboard groups its rows by task, defense, variant, attacks, preset and **setting** (the
+config hash of the run with its seed set aside, :func:`setting`) and reports, for every numeric
+column, the mean, the sample standard deviation, the number of runs that have it and the
+half-width of a two-sided 95% confidence interval of the mean from Student's t distribution
+(``t(0.975, n-1) * std / sqrt(n)``; MLPerf and RobustBench report several seeds the same way).
+With one run there is no spread: std and interval are left empty, never shown as 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+GROUP_COLUMNS = ["task", "defense", "variant", "attack", "preset", "setting"]
+NOT_METRICS = {"seed", "config_hash", "run_id", "setting"}
+STATISTICS = ("mean", "std", "n", "ci95")
+
+
+def setting(config: dict[str, Any]) -> str:
+    """The config hash of a card's config with the seed set aside: runs with equal settings
+    differ only in their seed. A config this code cannot rebuild (an unknown plugin's, an old
+    card's) is hashed as written, without its seed and device."""
+    from privbench.config import config_hash, from_dict
+
+    try:
+        cfg = from_dict(config)
+        cfg.seed = 0
+        return config_hash(cfg)
+    except Exception:  # noqa: BLE001  (anything from_dict cannot read: hash the plain data)
+        plain = {k: v for k, v in config.items() if k not in ("seed", "device")}
+        return "raw-" + hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def interval(values: Any) -> dict[str, float]:
+    """Mean, sample std, n and the 95% CI half-width of the finite ``values`` (NaN where
+    undefined: no values, or fewer than two for std and CI)."""
+    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    n = len(x)
+    mean = float(x.mean()) if n else math.nan
+    std = float(x.std(ddof=1)) if n >= 2 else math.nan
+    half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n >= 2 else math.nan
+    return {"mean": mean, "std": std, "n": n, "ci95": half}
+
+
+def metric_columns(table: pd.DataFrame) -> list[str]:
+    """The numeric columns that are measurements (not identifiers)."""
+    return [c for c in table.columns if c not in NOT_METRICS and c not in GROUP_COLUMNS
+            and pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c])]
+
+
+def summarise(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per group of runs that differ only in seed: the group's columns, ``runs``,
+    ``seeds`` and ``<metric>_mean``, ``_std``, ``_n``, ``_ci95`` for every metric."""
+    if table.empty or not set(GROUP_COLUMNS) <= set(table.columns):
+        return pd.DataFrame(columns=GROUP_COLUMNS + ["runs", "seeds"])
+    metrics = metric_columns(table)
+    rows = []
+    for keys, group in table.groupby(GROUP_COLUMNS, sort=False, dropna=False):
+        row: dict[str, Any] = dict(zip(GROUP_COLUMNS, keys))
+        row |= {"runs": len(group), "seeds": ",".join(str(s) for s in sorted(group["seed"].unique()))}
+        for metric in metrics:
+            summary = interval(pd.to_numeric(group[metric], errors="coerce").tolist())
+            if summary["n"]:
+                row |= {f"{metric}_{k}": v for k, v in summary.items()}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def cell(row: pd.Series, metric: str, digits: int = 3) -> str:
+    """``mean ± ci95``, with ``(n=k)`` where fewer runs than the group's have the metric; the
+    mean alone (and its n) where there is no interval."""
+    n = row.get(f"{metric}_n")
+    if n is None or pd.isna(n) or n == 0:
+        return ""
+    text = f"{row[f'{metric}_mean']:.{digits}f}"
+    if not pd.isna(row[f"{metric}_ci95"]):
+        text += f" ± {row[f'{metric}_ci95']:.{digits}f}"
+    return text + (f" (n={int(n)})" if int(n) < row["runs"] or int(n) == 1 else "")
+
+
+def to_markdown(summary: pd.DataFrame, metrics: list[str] | None = None, digits: int = 3) -> str:
+    """The summary as a Markdown table of ``mean ± 95% CI`` cells (``metrics``: which, by
+    default every metric)."""
+    if summary.empty:
+        return "(no runs)\n"
+    found = list(dict.fromkeys(c.rsplit("_", 1)[0] for c in summary.columns if c.endswith("_mean")))
+    metrics = [m for m in (metrics or found) if f"{m}_mean" in summary.columns]
+    ids = [c for c in GROUP_COLUMNS if c != "setting"] + ["runs", "seeds"]
+    lines = ["| " + " | ".join(ids + metrics) + " |", "|" + "---|" * (len(ids) + len(metrics))]
+    for _, row in summary.iterrows():
+        lines.append("| " + " | ".join([*(str(row[c]) if not pd.isna(row[c]) else "" for c in ids),
+                                         *(cell(row, m, digits) for m in metrics)]) + " |")
+    return "\n".join(lines) + "\n"
