@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from privbench import seeds, worst_case
+from privbench import figures, plane, seeds, worst_case
 from privbench.card import CARD, Card, load, write_text_atomic
 from privbench.errors import PrivbenchError
 
@@ -103,7 +103,8 @@ def write(board: Leaderboard, csv_path: str | Path, markdown_path: str | Path | 
     """Write the CSV (and the Markdown table, by default beside it as ``.md``) atomically, the
     worst case per defense as ``<name>-worst-case.csv`` and the summary over seeds as
     ``<name>-seeds.csv``, each also as a section of the Markdown (the summary of the metrics the
-    table shows, timings left out)."""
+    table shows, timings left out), and the utility–privacy plane as ``<name>-plane.png`` where
+    runs have both a Dice and a worst-case identity number."""
     csv_path = Path(csv_path)
     markdown_path = Path(markdown_path) if markdown_path else csv_path.with_suffix(".md")
     shown = [c for c in board.table.columns if c not in TIMING_COLUMNS]
@@ -118,3 +119,6 @@ def write(board: Leaderboard, csv_path: str | Path, markdown_path: str | Path | 
                       + "\n### Over seeds\n\nRuns that differ only in their seed: mean ± the half-width of "
                       "a 95% confidence interval (Student's t; none with one run, `(n=k)` where fewer runs "
                       "have the metric).\n\n" + seeds.to_markdown(summary))
+    shown_points = plane.points(board.seeds)
+    if len(shown_points):
+        figures.save_atomic(plane.figure(shown_points), csv_path.with_name(f"{csv_path.stem}-plane.png"))
