@@ -104,6 +104,10 @@ def _print_card(result: runner.RunResult) -> None:
         table.add_row(entry["variant"], *(_cell(entry["dice"][c]) if entry["dice"][c] is not None
                                           else "n/a" for c in classes + ["mean"]))
     console.print(table)
+    for entry in card.utility:  # tumor tasks: BraTS's regions
+        if entry.get("regions"):
+            console.print(f"BraTS regions ({entry['variant']}): " + ", ".join(
+                f"{name} Dice {r['dice']:.3f} HD95 {r['hd95']:.1f} mm" for name, r in entry["regions"].items()))
     t = card.timings
     trained = "training " + (f"{t['train_seconds']:.0f} s" if t.get("train_seconds") is not None else "time unknown")
     trained += f" ({t['train_it_per_s']:.2f} it/s)" if t.get("train_it_per_s") else " (resumed after its last iteration)"

@@ -20,7 +20,7 @@ import torch
 from privbench import figures
 from privbench.config import RunConfig
 from privbench.errors import PrivbenchError
-from privbench.metrics import dice
+from privbench.metrics import diagonal_mm, dice, region_scores
 from privbench.tasks.base import Task
 
 
@@ -62,16 +62,18 @@ def evaluate_default(defense: Any, task: Task, cfg: RunConfig, *, run_dir: Path)
         proxy = clock("encode", defense.encode, image[None], key)
         output = clock("server", defense.server, proxy)
         probs = clock("decode", defense.decode, output, key)
-        scores = dice(probs.argmax(1), label[None], task.num_classes)[0]
+        pred = probs.argmax(1)
+        scores = dice(pred, label[None], task.num_classes)[0]
         rows.append({"variant": "default", "subject": scan.subject, "session": scan.session,
                      **{f"{stage}_seconds": t for stage, t in clock.seconds.items()},
-                     "seconds": sum(clock.seconds.values()), **named(task, scores)})
+                     "seconds": sum(clock.seconds.values()), **named(task, scores),
+                     **region_columns(task, pred[0], label)})
         if example is None:
             example = (image, proxy, output, probs, label)
     per_scan = pd.DataFrame(rows)
     figures.save_atomic(figures.protocol_example(*example, title=defense.name), run_dir / PROTOCOL_PNG)
     return Evaluation(
-        utility=[summarise(per_scan, task.class_names[1:], variant="default")],
+        utility=[summarise(per_scan, task.class_names[1:], variant="default", regions=task.regions)],
         per_scan=per_scan,
         timings={"infer_seconds_per_volume": float(per_scan["seconds"].mean()),
                  **{f"{stage}_ms_per_volume": 1000 * float(per_scan[f"{stage}_seconds"].mean())
@@ -80,17 +82,34 @@ def evaluate_default(defense: Any, task: Task, cfg: RunConfig, *, run_dir: Path)
     )
 
 
-def summarise(per_scan: pd.DataFrame, classes: tuple[str, ...], variant: str) -> dict[str, Any]:
-    """Mean and standard deviation over scans of each class's Dice, and their mean."""
+def summarise(per_scan: pd.DataFrame, classes: tuple[str, ...], variant: str,
+              regions: tuple[tuple[str, tuple[str, ...]], ...] = ()) -> dict[str, Any]:
+    """Mean and standard deviation over scans of each class's Dice, and their mean; with
+    ``regions`` (tumor tasks), the mean region Dice and HD95 (:func:`region_columns`)."""
     table = per_scan[list(classes)]
     scored = [c for c in classes if table[c].notna().any()]  # a class absent from every scan: None
     means = {c: float(np.nanmean(table[c])) if c in scored else None for c in classes}
-    return {
+    out = {
         "variant": variant,
         "n_scans": int(len(table)),
         "dice": {**means, "mean": float(np.mean([means[c] for c in scored])) if scored else None},
         "dice_std": {c: float(np.nanstd(table[c])) if c in scored else None for c in classes},
     }
+    if regions:
+        out["regions"] = {name: {metric: float(per_scan[f"{name}_{metric}"].mean()) for metric in ("dice", "hd95")}
+                          for name, _ in regions}
+    return out
+
+
+def region_columns(task: Task, pred: torch.Tensor, label: torch.Tensor) -> dict[str, float]:
+    """Per-scan region scores of a task with ``regions`` (``WT_dice``, ``WT_hd95``, ...), with
+    the BraTS conventions of :func:`privbench.metrics.region_scores` and the volume's diagonal
+    as the penalty distance; nothing for other tasks."""
+    if not task.regions:
+        return {}
+    ids = {name: [task.class_names.index(c) for c in names] for name, names in task.regions}
+    scores = region_scores(pred, label, ids, task.spacing, diagonal_mm(label.shape, task.spacing))
+    return {f"{name}_{metric}": value for name, pair in scores.items() for metric, value in pair.items()}
 
 
 class Clock:

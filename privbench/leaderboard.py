@@ -48,7 +48,9 @@ def card_rows(card: Card) -> list[dict[str, Any]]:
               **{f"{entry['label']}_{k}": v for entry in done for k, v in entry["metrics"].items()},
               **worst_case.columns(card.attacks)}
     return [{**common, "variant": entry["variant"],
-             **{f"dice_{name}": value for name, value in entry["dice"].items()}}
+             **{f"dice_{name}": value for name, value in entry["dice"].items()},
+             **{f"region_{metric}_{name}": value for name, scores in entry.get("regions", {}).items()
+                for metric, value in scores.items()}}
             for entry in card.utility]
 
 

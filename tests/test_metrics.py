@@ -386,3 +386,37 @@ def test_retrieval_rejects_bad_inputs():
     bad[0, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         retrieval(bad, [0, 1, 2])
+
+
+def _box(shape=(24, 24, 24), **labels):
+    """A label map with boxes: ``labels[name] = (label, (d0, d1), (h0, h1), (w0, w1))``."""
+    volume = torch.zeros(shape, dtype=torch.long)
+    for value, d, h, w in labels.values():
+        volume[d[0]:d[1], h[0]:h[1], w[0]:w[1]] = value
+    return volume
+
+
+REGIONS = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
+
+
+@pytest.mark.parametrize("pred, target, expected", [
+    # edema box shifted by 2 voxels along one axis (2 mm voxels): WT Dice 0.8, HD95 4 mm
+    (_box(ed=(2, (7, 17), (4, 14), (4, 14))), _box(ed=(2, (5, 15), (4, 14), (4, 14))),
+     {"WT": (0.8, 4.0), "TC": (1.0, 0.0), "ET": (1.0, 0.0)}),  # no core in either: BraTS gives 1 and 0
+    # enhancing tumor predicted where the truth has none, core labelled NCR instead of ET
+    (_box(ed=(2, (4, 14), (4, 14), (4, 14)), et=(3, (6, 8), (6, 8), (6, 8))),
+     _box(ed=(2, (4, 14), (4, 14), (4, 14)), ncr=(1, (6, 8), (6, 8), (6, 8))),
+     {"WT": (1.0, 0.0), "TC": (1.0, 0.0), "ET": (0.0, 50.0)}),  # present in one map only: the penalty
+])
+def test_brats_regions_follow_the_challenge_s_conventions(pred, target, expected):
+    from privbench.metrics import region_scores
+
+    scores = region_scores(pred, target, REGIONS, spacing_mm=2.0, penalty_mm=50.0)
+    assert {name: (round(s["dice"], 6), round(s["hd95"], 6)) for name, s in scores.items()} == expected
+
+
+def test_the_penalty_distance_is_the_volume_diagonal():
+    from privbench.metrics import diagonal_mm
+
+    assert diagonal_mm((240, 240, 155), 1.0) == pytest.approx(373.1287, abs=1e-4)  # BraTS's
+    assert diagonal_mm((72, 96, 80), 2.0) == pytest.approx(diagonal_mm((144, 192, 160), 1.0))

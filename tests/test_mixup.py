@@ -162,4 +162,10 @@ def test_retest_icc_is_none_for_a_class_scored_in_fewer_than_two_scans():
     pairs = np.array([[0.80, np.nan], [0.82, np.nan], [0.60, 0.50], [0.62, np.nan], [0.70, 0.40], [0.71, 0.45]])
     out = retest_icc(pairs, ("A", "B"))
     assert out["B"] == {"icc": None, "lower95": None, "upper95": None, "pvalue": None, "n_scans": 1}
+    constant = retest_icc(np.zeros((4, 2)), ("A", "B"))  # e.g. a tumor label never predicted: 0/0
+    assert constant["A"]["icc"] is None and constant["A"]["n_scans"] == 2  # None, never NaN
+    from privbench.defenses.mixup.study import retest_line
+
+    assert retest_line("naive", constant) == ("test-retest ICC(A,1), naive: A n/a (2 scans score it, without "
+                                              "variance), B n/a (2 scans score it, without variance)")
     assert out["A"]["n_scans"] == 3 and out["A"]["icc"] > 0.9

@@ -1,6 +1,7 @@
 """The embedded BraTS-like tumor cohort, and the foreground-oversampling patch sampler it uses."""
 
 import numpy as np
+import pytest
 import torch
 
 from privbench import config, engine
@@ -65,3 +66,22 @@ def test_identity_pairs_oversample_the_foreground_too():
     task = tumor_task()
     pairs = PairSampler(task, 16, 8, seed=0, foreground=1.0).batch(0)
     assert (pairs.first_label > 0).flatten(1).any(1).all()
+
+
+@pytest.mark.parametrize("defense", ["none", "mixup"])  # the default evaluation and mixup's own study
+def test_a_tumor_evaluation_reports_the_brats_regions(defense, tmp_path):
+    from privbench.registry import create_defense
+
+    cfg = config.resolve("test", {"task.name": "mni-tumor"}, defense=defense)
+    task = create_task("mni-tumor", cfg=cfg)
+    model = create_defense(defense)
+    torch.manual_seed(0)
+    model.setup(task, cfg, torch.device("cpu"))  # untrained: the scoring is under test, not the skill
+    evaluation = model.evaluate(task, cfg, run_dir=tmp_path)
+    for entry in evaluation.utility:
+        assert set(entry["regions"]) == {"WT", "TC", "ET"}
+        assert all(0 <= r["dice"] <= 1 and 0 <= r["hd95"] <= 400 for r in entry["regions"].values())
+    first, per_scan = evaluation.utility[0], evaluation.per_scan
+    rows = per_scan[per_scan.variant == first["variant"]]
+    assert first["regions"]["WT"]["hd95"] == pytest.approx(rows["WT_hd95"].mean())
+    assert first["regions"]["TC"]["dice"] == pytest.approx(rows["TC_dice"].mean())

@@ -41,6 +41,7 @@ class Task:
 
     name: str = ""
     class_names: tuple[str, ...] = ()  # including "background" at index 0
+    regions: tuple[tuple[str, tuple[str, ...]], ...] = ()  # scored label unions, e.g. BraTS's WT, TC, ET
 
     def __init__(self, splits: dict[str, list[Scan]], spacing: float, patch_size: int):
         missing = [role for role in ROLES if role not in splits]

@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from privbench.config import RunConfig, TaskConfig
+from privbench.metrics import BRATS_REGIONS
 from privbench.registry import register_task
 from privbench.tasks.local import LocalTask, Source, dataset_root
 
@@ -54,6 +55,7 @@ class Brats2021Task(LocalTask):
 
     name = "brats2021"
     class_names = CLASS_NAMES
+    regions = BRATS_REGIONS
 
     def __init__(self, cfg: TaskConfig, patch_size: int):
         super().__init__(find_scans(dataset_root(cfg), cfg.modality), SHAPE_MM, cfg, patch_size)

@@ -27,6 +27,7 @@ import torch
 from scipy import ndimage
 
 from privbench.config import RunConfig
+from privbench.metrics import BRATS_REGIONS
 from privbench.registry import register_task
 from privbench.tasks import mni
 from privbench.tasks.mni import Subject, Template
@@ -88,6 +89,7 @@ class MniTumorTask(mni.MniTissueTask):
 
     name = "mni-tumor"
     class_names = CLASS_NAMES
+    regions = BRATS_REGIONS
     cohort = TUMOR
 
 

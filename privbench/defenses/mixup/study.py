@@ -18,7 +18,7 @@ from privbench import card as cards
 from privbench import figures, finite
 from privbench.config import RunConfig
 from privbench.defenses.mixup.plots import mixup_examples, tta_curve
-from privbench.evaluation import Clock, Evaluation, named, summarise, test_scans
+from privbench.evaluation import Clock, Evaluation, named, region_columns, summarise, test_scans
 from privbench.metrics import dice, icc
 from privbench.tasks.base import Task
 
@@ -48,9 +48,10 @@ def evaluate_mixup(defense: Any, task: Task, cfg: RunConfig, *, run_dir: Path) -
             running = probs.cumsum(0) / counts
             targets = label[None].expand(len(key), *label.shape)
             curve = dice(running.argmax(1), targets, task.num_classes)
-            for k, scores in enumerate(curve, start=1):
+            for k, scores in enumerate(curve, start=1):  # regions (tumor tasks) at the variants' K only
+                regions = region_columns(task, running[k - 1].argmax(0), label) if k in (1, m.tta) else {}
                 rows.append({"subject": scan.subject, "session": scan.session, "a": key.a,
-                             "unmix": unmix, "k": k, **named(task, scores)})
+                             "unmix": unmix, "k": k, **named(task, scores), **regions})
             retest[unmix].append(dice(probs[:2].argmax(1), targets[:2], task.num_classes).numpy())
         seconds.append(clock.seconds)
         if example is None:
@@ -60,8 +61,9 @@ def evaluate_mixup(defense: Any, task: Task, cfg: RunConfig, *, run_dir: Path) -
                 "learned": ("learned", 1), "learned+tta": ("learned", m.tta)}
     per_scan = pd.concat([curve[(curve.unmix == u) & (curve.k == k)].assign(variant=name)
                           for name, (u, k) in variants.items()], ignore_index=True)
-    per_scan = per_scan[["variant", "subject", "session", "a", "k", *classes]]
-    utility = [summarise(per_scan[per_scan.variant == name], classes, name) | {"tta": k}
+    region_names = [f"{name}_{metric}" for name, _ in task.regions for metric in ("dice", "hd95")]
+    per_scan = per_scan[["variant", "subject", "session", "a", "k", *classes, *region_names]]
+    utility = [summarise(per_scan[per_scan.variant == name], classes, name, task.regions) | {"tta": k}
                for name, (_, k) in variants.items()]
 
     table = tta_curve_table(curve, classes)
@@ -89,9 +91,13 @@ def evaluate_mixup(defense: Any, task: Task, cfg: RunConfig, *, run_dir: Path) -
 
 def retest_line(unmix: str, icc_by_class: dict[str, Any]) -> str:
     """One summary line of the test-retest ICCs of an unmixing, with their 95% bounds."""
-    return f"test-retest ICC(A,1), {unmix}: " + ", ".join(
-        f"{c} {v['icc']:.3f} [{v['lower95']:.3f}, {v['upper95']:.3f}]" if v["icc"] is not None
-        else f"{c} n/a ({v['n_scans']} scans score it)" for c, v in icc_by_class.items())
+    def text(v: dict[str, Any]) -> str:
+        if v["icc"] is None:
+            return f"n/a ({v['n_scans']} scans score it" + (", without variance)" if v["n_scans"] >= 2 else ")")
+        bounds = "" if v["lower95"] is None or v["upper95"] is None else f" [{v['lower95']:.3f}, {v['upper95']:.3f}]"
+        return f"{v['icc']:.3f}{bounds}"
+
+    return f"test-retest ICC(A,1), {unmix}: " + ", ".join(f"{c} {text(v)}" for c, v in icc_by_class.items())
 
 
 def tta_curve_table(curve: pd.DataFrame, classes: tuple[str, ...]) -> pd.DataFrame:
@@ -104,7 +110,8 @@ def tta_curve_table(curve: pd.DataFrame, classes: tuple[str, ...]) -> pd.DataFra
 def retest_icc(pairs: np.ndarray, classes: tuple[str, ...]) -> dict[str, Any]:
     """ICC(A,1) with 95% bounds per class, from ``pairs`` ``[2*n_scans, classes]``: rows
     alternate between the Dice with reference 1 and with reference 2 of one scan. A class
-    scored (not NaN) in fewer than two test scans has no ICC: it is reported as None."""
+    scored (not NaN) in fewer than two test scans has no ICC, nor one whose Dice does not vary
+    (0/0, e.g. a tumor label never predicted): both are reported as None, never as NaN."""
     per_scan = pairs.reshape(-1, 2, len(classes))
     out: dict[str, Any] = {}
     for c, name in enumerate(classes):
@@ -113,8 +120,9 @@ def retest_icc(pairs: np.ndarray, classes: tuple[str, ...]) -> dict[str, Any]:
             out[name] = {"icc": None, "lower95": None, "upper95": None, "pvalue": None, "n_scans": scored}
             continue
         result = icc(per_scan[:, :, c], kind="A,1")
-        out[name] = {"icc": result.value, "lower95": result.lower, "upper95": result.upper,
-                     "pvalue": result.pvalue, "n_scans": result.n}
+        finite = lambda v: float(v) if v is not None and np.isfinite(v) else None  # noqa: E731
+        out[name] = {"icc": finite(result.value), "lower95": finite(result.lower), "upper95": finite(result.upper),
+                     "pvalue": finite(result.pvalue), "n_scans": result.n}
     return out
 
 
