@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -18,6 +19,7 @@ from rich.table import Table
 
 from privbench import config as configs
 from privbench import leaderboard as boards
+from privbench import regress as gate
 from privbench import runner
 from privbench.errors import Interrupted, NonFiniteError, PrivbenchError
 from privbench.registry import REGISTRIES
@@ -148,7 +150,9 @@ def _header(column: str) -> str:
 
 
 def _cell(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else "" if value is None else str(value)
+    if isinstance(value, float):
+        return "" if value != value else f"{value:.3f}"  # NaN: an empty cell
+    return "" if value is None else str(value)
 
 
 @app.command("list")
@@ -191,6 +195,39 @@ def leaderboard(
         board.table = boards.select(board.table, [c.strip() for c in columns.split(",") if c.strip()])
     boards.write(board, output, markdown)
     console.print(f"{len(board.table)} rows from {root} -> {output}")
+
+
+@app.command()
+@_friendly
+def regress(
+    baseline: Path = typer.Argument(..., help="Folder of baseline cards, e.g. benchmarks/baselines."),
+    cards: Optional[Path] = typer.Option(None, "--cards", help="Compare the cards under this folder "
+                                         "instead of running the suite."),
+    out: Path = typer.Option(Path("runs-regress"), "--out", "-o", help="Where the suite's runs go."),
+    report: Path = typer.Option(Path("regress.md"), "--report", help="Markdown report to write."),
+    update: bool = typer.Option(False, "--update", help="Rewrite the baseline cards with this suite's."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Run the ci suite (or read --cards) and compare every headline number with the baseline
+    cards; exit 1 if one moved outside its tolerance or is missing."""
+    began = time.perf_counter()
+    current = gate.load_cards(cards) if cards else gate.run_suite(out, progress=not quiet)
+    if update:
+        for path in gate.update(baseline, cards or out):
+            console.print(f"baseline updated: {path}")
+        return
+    result = gate.report(gate.compare(gate.load_cards(baseline), current), time.perf_counter() - began)
+    gate.write_report(result, report)
+    bad = gate.failed(result.table)
+    table = Table(title=f"regression gate: {len(result.table)} numbers, {len(bad)} failed")
+    for column in ("metric", "baseline", "now", "delta", "tolerance", "verdict"):
+        table.add_column(column, justify="left" if column in ("metric", "verdict") else "right")
+    for row in (bad if len(bad) else result.table.head(0)).itertuples(index=False):
+        table.add_row(*(_cell(v) for v in row))
+    console.print(table)
+    console.print(("[green]passed[/]" if result.passed else "[bold red]failed[/]") + f"; report: {report}")
+    if not result.passed:
+        raise typer.Exit(1)
 
 
 def main() -> None:

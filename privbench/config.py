@@ -142,6 +142,12 @@ PRESETS: dict[str, dict[str, Any]] = {  # run-level values; each section keeps i
     },
     # the default: a whole run in under ten minutes on two CPU cores (2 mm cohort)
     "quick": {},
+    # the regression gate's suite (privbench regress): the test preset's cohort, grown to 4 test
+    # and 3 public subjects with all their scans, and enough training for Dice to mean something
+    "ci": {
+        "task.n_subjects": 12, "task.test_fraction": 0.34, "task.public_fraction": 0.25,
+        "task.max_test_scans": 0, "train.iterations": 20,
+    },
     # the paper's settings (DESIGN.md): PPMI-sized cohort at 1 mm, 200k iterations, Adam 1e-4
     "paper": {
         "task.spacing": 1.0, "task.n_subjects": 350, "task.min_scans": 2, "task.max_scans": 3,
@@ -151,6 +157,8 @@ PRESETS: dict[str, dict[str, Any]] = {  # run-level values; each section keeps i
         "train.checkpoint_every": 5_000,
     },
 }
+
+PRESET_BASES = {"ci": "test"}  # a preset starts from its base's values (run-level and sections')
 
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
 
@@ -195,9 +203,13 @@ def task_defaults(name: str, preset: str) -> dict[str, Any]:
 def _build(preset: str, task_defaults: dict[str, Any], top: dict[str, Any],
            items: list[tuple[str, Any]]) -> RunConfig:
     cfg = RunConfig(preset=preset)
-    own = [(f"{name}.{key}", value) for name, section in cfg.sections.items()
-           for key, value in getattr(section, "PRESETS", {}).get(preset, {}).items()]
-    for key, value in [*PRESETS[preset].items(), *own, *task_defaults.items()]:
+    chain = [PRESET_BASES[preset], preset] if preset in PRESET_BASES else [preset]
+    for name in chain:
+        own = [(f"{section_name}.{key}", value) for section_name, section in cfg.sections.items()
+               for key, value in getattr(section, "PRESETS", {}).get(name, {}).items()]
+        for key, value in [*PRESETS[name].items(), *own]:
+            set_value(cfg, key, value)
+    for key, value in task_defaults.items():
         set_value(cfg, key, value)
     for key, value in top.items():
         if value is not None:

@@ -72,6 +72,17 @@ def test_proxies_are_made_as_each_defense_makes_them():
         public_proxies(_Seen("someone-elses"), images, subjects, 3, g)
 
 
+def test_validation_holds_out_a_third_of_the_public_subjects_with_pairs():
+    from privbench.attacks.learned_reid import validation_subjects
+
+    subjects = [s for s in "abcdefg" for _ in range(2)] + ["h"]  # h has one scan: never eligible
+    held = validation_subjects(subjects, seed=1)
+    assert len(held) == 2 and held <= set("abcdefg") and held == validation_subjects(subjects, seed=1)
+    assert validation_subjects(["a", "a", "b", "b", "c", "c"], seed=1) == frozenset()  # too few to spare
+    pairs = SessionPairs(torch.zeros(15, 1, 1, 2, 2, 2), torch.zeros(15, 1, 2, 2, 2), subjects, 9, 0.5, 0, held)
+    assert len(pairs.groups) == 5
+
+
 def test_weights_are_granted_only_against_defenses_that_have_them():
     attack = LearnedReid()
     assert "weights" in attack.granted(LearnedReidConfig(), "privacy-net")
@@ -113,6 +124,12 @@ def test_unprotected_requests_are_identified_and_linked(cache_dir, tmp_path):
     assert result.metrics["linkage_top1"] == 1.0 and result.metrics["top1"] == 1.0
     assert result.metrics["chance_top1"] < 0.1 and result.settings["iterations"] == 10
     rows = [row["guess"] for row in result.table]
-    assert rows == ["requests vs the clean gallery", "requests vs requests", "unprotected scans vs each other",
+    selected = result.settings["selected"]
+    assert rows == [f"requests vs the clean gallery ({selected} network, chosen on public validation)",
+                    "requests vs requests", "unprotected scans vs each other",
+                    "trained network: requests vs the clean gallery",
                     "untrained network: requests vs the clean gallery", "chance"]
+    held_out = result.settings["validation_subjects"]  # a third of the 16 public subjects, never trained on
+    assert len(held_out) == 5 and result.settings["training_subjects"] == 11
+    assert set(result.settings["validation_top1_map"]) == {"trained", "untrained"}
     assert (tmp_path / "learned_reid_net.pt").exists() and (tmp_path / "learned-reid_roc.png").exists()

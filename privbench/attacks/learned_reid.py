@@ -38,6 +38,7 @@ from privbench.attacks import reid
 from privbench.attacks.base import Attack, AttackResult, Observation, Truth
 from privbench.config import RunConfig, require
 from privbench.errors import PrivbenchError
+from privbench.metrics import linkage
 from privbench.mixing import mix
 from privbench.registry import DEFENSES, register_attack
 from privbench.tasks.base import PUBLIC_POOL, REPEATED_SCANS
@@ -175,12 +176,12 @@ class SessionPairs:
     """Batch ``i``: for each of up to ``subjects`` public subjects with two or more scans, two
     of its scans, the first as a proxy, the second as a proxy or (with probability
     ``clean_views``) the clean scan; ``label`` is the subject's index. A pure function of the
-    seed and ``i``."""
+    seed and ``i``. Subjects ``held_out`` (for validation) are never drawn."""
 
     def __init__(self, proxies: torch.Tensor, clean: torch.Tensor, subjects: list[str], per_batch: int,
-                 clean_views: float, seed: int):
+                 clean_views: float, seed: int, held_out: frozenset[str] = frozenset()):
         self.proxies, self.clean, self.per_batch, self.clean_views, self.seed = proxies, clean, per_batch, clean_views, seed
-        scans = {s: [i for i, t in enumerate(subjects) if t == s] for s in dict.fromkeys(subjects)}
+        scans = {s: [i for i, t in enumerate(subjects) if t == s] for s in dict.fromkeys(subjects) if s not in held_out}
         self.groups = [group for group in scans.values() if len(group) >= 2]
         if len(self.groups) < 2:
             raise PrivbenchError("learned-reid needs at least two public subjects with two or more scans "
@@ -212,6 +213,29 @@ def nt_xent(embeddings: torch.Tensor, labels: torch.Tensor, temperature: float) 
     positive = (labels[:, None] == labels[None, :]) & ~self_mask
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     return -(log_prob.masked_fill(~positive, 0).sum(1) / positive.sum(1).clamp(min=1)).mean()
+
+
+def validation_subjects(subjects: list[str], seed: int) -> frozenset[str]:
+    """A third of the public subjects with two or more scans (at least two), held out of
+    training to choose between the trained and the untrained network; none where fewer than
+    four such subjects exist (training needs two)."""
+    eligible = [s for s in dict.fromkeys(subjects) if subjects.count(s) >= 2]
+    if len(eligible) < 4:
+        return frozenset()
+    order = torch.randperm(len(eligible), generator=streams.generator(seed, "validation")).tolist()
+    return frozenset(eligible[i] for i in order[:max(2, len(eligible) // 3)])
+
+
+def validation_score(net: torch.nn.Module, proxies: torch.Tensor, clean: torch.Tensor, subjects: list[str],
+                     held_out: frozenset[str], device: torch.device) -> tuple[float, float]:
+    """(top-1, mAP) of linking a proxy of each held-out public scan to the clean public scans
+    (its own scan excluded): how well an embedding does on people it was not trained on."""
+    probes = [i for i, s in enumerate(subjects) if s in held_out]
+    probe_emb, gallery_emb = embed(net, proxies[probes, 0], device), embed(net, clean, device)
+    exclude = torch.zeros(len(probes), len(subjects), dtype=torch.bool)
+    exclude[range(len(probes)), probes] = True
+    scores = linkage(probe_emb @ gallery_emb.T, [subjects[i] for i in probes], subjects, exclude)
+    return scores["top1"], scores["map"]
 
 
 def embed(net: torch.nn.Module, volumes: torch.Tensor, device: torch.device, chunk: int = 4) -> torch.Tensor:
@@ -247,8 +271,9 @@ class LearnedReid(Attack):
         subjects = [scan.subject for scan in pool.scans()]
         g = torch.Generator().manual_seed(streams.seed_of(observation.seed, "proxies"))
         proxies = public_proxies(observation, images, subjects, config.keys, g)
+        held_out = validation_subjects(subjects, observation.seed)
         pairs = SessionPairs(proxies, images, subjects, config.subjects_per_batch, config.clean_views,
-                             observation.seed)
+                             observation.seed, held_out)
         make = lambda: embedder(config, proxies.flatten(0, 1).mean(0)[0])  # noqa: E731
         untrained = learned.seeded(observation.seed, make).to(run.device)
         net = learned.seeded(observation.seed, make).to(run.device)
@@ -260,43 +285,47 @@ class LearnedReid(Attack):
                              lr=config.lr, features=tuple(config.widths), run=run, name="learned-reid embedding",
                              checkpoint=CHECKPOINT)
         after = {"requests": embed(net, requests, run.device), "gallery": embed(net, gallery, run.device)}
-        return {"trained": after, "untrained": before,
+        validation = {name: validation_score(model, proxies, images, subjects, held_out, run.device)
+                      for name, model in (("trained", net), ("untrained", untrained))} if held_out else {}
+        selected = "untrained" if validation and validation["untrained"] > validation["trained"] else "trained"
+        return {"selected": after if selected == "trained" else before, "trained": after, "untrained": before,
                 "settings": {"train_seconds": report.seconds, "iterations": report.iterations,
                              "backbone": config.backbone, "public_scans": len(images),
-                             "public_subjects_with_pairs": len(pairs.groups), "proxies_per_scan": proxies.shape[1]}}
+                             "training_subjects": len(pairs.groups), "validation_subjects": sorted(held_out),
+                             "validation_top1_map": {k: list(v) for k, v in validation.items()},
+                             "selected": selected, "proxies_per_scan": proxies.shape[1]}}
 
     def score(self, guesses: dict[str, Any], truth: Truth, observation: Observation, run_dir: Path) -> AttackResult:
-        gallery = observation.gallery
-        trained, untrained = guesses["trained"], guesses["untrained"]
+        gallery, chosen = observation.gallery, guesses["selected"]
         own = [[(s, t) == (gs, gt) for gs, gt in zip(gallery.subjects, gallery.sessions)]
                for s, t in zip(truth.subjects, truth.sessions)]
-        clean = trained["gallery"][[row.index(True) for row in own]]  # the requests' own scans, unprotected
-        linked_scores = {"linkage": trained["requests"] @ trained["gallery"].T,
-                         "untrained": untrained["requests"] @ untrained["gallery"].T}
+        clean = chosen["gallery"][[row.index(True) for row in own]]  # the requests' own scans, unprotected
+        linked_scores = {name: guesses[name]["requests"] @ guesses[name]["gallery"].T
+                         for name in ("selected", "trained", "untrained")}
         linked = linkage_attack.rank(linked_scores, truth.subjects, truth.sessions, gallery)
-        among = {"requests": trained["requests"] @ trained["requests"].T, "unprotected": clean @ clean.T}
+        among = {"requests": chosen["requests"] @ chosen["requests"].T, "unprotected": clean @ clean.T}
         reidentified = {name: reid.score(sim, truth) for name, sim in among.items()}
         low_fpr = roc.report({**{name: linkage_attack.identity_scores(s, truth.subjects, truth.sessions, gallery)
                                  for name, s in linked_scores.items()},
                               **{f"reid {name}": reid.identity_scores(sim, truth) for name, sim in among.items()}},
                              run_dir, self.name, f"learned-reid on {observation.defense.name}")
-        keys = ("top1", "map")
-        table = [{"guess": "requests vs the clean gallery", **{k: linked["linkage"][k] for k in keys},
-                  **roc.headline(low_fpr["linkage"])},
+        keys, selected = ("top1", "map"), guesses["settings"]["selected"]
+        table = [{"guess": f"requests vs the clean gallery ({selected} network, chosen on public validation)",
+                  **{k: linked["selected"][k] for k in keys}, **roc.headline(low_fpr["selected"])},
                  {"guess": "requests vs requests", **{k: reidentified["requests"][k] for k in ("top1", "f1", "map")},
                   **roc.headline(low_fpr["reid requests"])},
                  {"guess": "unprotected scans vs each other",
                   **{k: reidentified["unprotected"][k] for k in ("top1", "f1", "map")},
                   **roc.headline(low_fpr["reid unprotected"])},
-                 {"guess": "untrained network: requests vs the clean gallery",
-                  **{k: linked["untrained"][k] for k in keys}, **roc.headline(low_fpr["untrained"])},
-                 {"guess": "chance", "top1": linked["linkage"]["chance_top1"], "auc": 0.5}]
-        metrics = {"linkage_top1": linked["linkage"]["top1"], "linkage_map": linked["linkage"]["map"],
-                   **roc.headline(low_fpr["linkage"]),
+                 *({"guess": f"{name} network: requests vs the clean gallery", **{k: linked[name][k] for k in keys},
+                    **roc.headline(low_fpr[name])} for name in ("trained", "untrained")),
+                 {"guess": "chance", "top1": linked["selected"]["chance_top1"], "auc": 0.5}]
+        metrics = {"linkage_top1": linked["selected"]["top1"], "linkage_map": linked["selected"]["map"],
+                   **roc.headline(low_fpr["selected"]),
                    "top1": reidentified["requests"]["top1"], "f1": reidentified["requests"]["f1"],
                    "map": reidentified["requests"]["map"], "unprotected_top1": reidentified["unprotected"]["top1"],
-                   "untrained_linkage_top1": linked["untrained"]["top1"],
-                   "chance_top1": linked["linkage"]["chance_top1"], "reid_chance": reidentified["requests"]["chance"]}
+                   "trained_linkage_top1": linked["trained"]["top1"], "untrained_linkage_top1": linked["untrained"]["top1"],
+                   "chance_top1": linked["selected"]["chance_top1"], "reid_chance": reidentified["requests"]["chance"]}
         settings = {**guesses["settings"], "n_requests": len(truth.subjects),
-                    "roc_pairs": {k: low_fpr["linkage"][k] for k in ("n_positive", "n_negative")}}
+                    "roc_pairs": {k: low_fpr["selected"][k] for k in ("n_positive", "n_negative")}}
         return AttackResult(metrics, self.name, table, roc.files(self.name), settings)
