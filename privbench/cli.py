@@ -20,6 +20,7 @@ from rich.table import Table
 from privbench import config as configs
 from privbench import leaderboard as boards
 from privbench import regress as gate
+from privbench import sweep as sweeps
 from privbench import runner
 from privbench.errors import Interrupted, NonFiniteError, PrivbenchError
 from privbench.registry import REGISTRIES
@@ -199,6 +200,46 @@ def leaderboard(
 
 @app.command()
 @_friendly
+def sweep(
+    grid_file: Optional[Path] = typer.Option(None, "--grid", help="A TOML grid ([grid] tasks, defenses, attacks, "
+                                             "seeds, preset, [grid.set], [grid.vary])."),
+    task: list[str] = typer.Option([], "--task", help="Task (repeatable)."),
+    defense: list[str] = typer.Option([], "--defense", "-d", help="Defense (repeatable)."),
+    attack: list[str] = typer.Option([], "--attack", "-a", help="Attack run in every cell (repeatable)."),
+    seed: list[int] = typer.Option([], "--seed", help="Seed (repeatable)."),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Preset of every cell."),
+    set_: list[str] = typer.Option([], "--set", help="key=value for every cell (repeatable)."),
+    vary: list[str] = typer.Option([], "--vary", help="key=value, one alternative of a varied key (repeatable)."),
+    out: Path = typer.Option(Path("runs"), "--out", "-o", help="Where the runs go."),
+    engine: str = typer.Option("local", "--engine", help="local | ray"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (default: RAY_ADDRESS, "
+                                          "or a local Ray)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Run a grid of runs; finished cells are skipped, unfinished ones resume, failed ones are
+    listed; exit 1 if a cell failed."""
+    grid = sweeps.load_grid(grid_file) if grid_file else sweeps.Grid()
+    for name, values in (("tasks", task), ("defenses", defense), ("attacks", attack), ("seeds", seed)):
+        if values:
+            setattr(grid, name, list(values))
+    grid.preset = preset or grid.preset
+    grid.sets.update(dict(configs.split_item(item) for item in set_))
+    for key, value in map(configs.split_item, vary):
+        grid.vary.setdefault(key, []).append(value)
+    outcomes = sweeps.run(grid, out, engine=engine, address=address, progress=not quiet)
+    table = Table(title=f"sweep into {out}")
+    for column in ("cell", "status", "run folder or error"):
+        table.add_column(column, overflow="fold")
+    for o in outcomes:
+        table.add_row(o.cell.label(), o.status, o.error or o.run_dir)
+    console.print(table)
+    console.print(", ".join(f"{n} {status}" for status, n in sweeps.counts(outcomes).items()))
+    if any(o.status == "failed" for o in outcomes):
+        raise typer.Exit(1)
+
+
+@app.command()
+@_friendly
 def regress(
     baseline: Path = typer.Argument(..., help="Folder of baseline cards, e.g. benchmarks/baselines."),
     cards: Optional[Path] = typer.Option(None, "--cards", help="Compare the cards under this folder "
@@ -221,7 +262,8 @@ def regress(
     bad = gate.failed(result.table)
     table = Table(title=f"regression gate: {len(result.table)} numbers, {len(bad)} failed")
     for column in ("metric", "baseline", "now", "delta", "tolerance", "verdict"):
-        table.add_column(column, justify="left" if column in ("metric", "verdict") else "right")
+        table.add_column(column, justify="left" if column in ("metric", "verdict") else "right",
+                         overflow="fold")  # a metric's name is never cut short
     for row in (bad if len(bad) else result.table.head(0)).itertuples(index=False):
         table.add_row(*(_cell(v) for v in row))
     console.print(table)

@@ -180,7 +180,7 @@ def resolve(preset: str = "quick", overrides: list[str] | dict[str, Any] | None 
         close = difflib.get_close_matches(preset, PRESETS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise PrivbenchError(f"unknown preset {preset!r}{hint} (available: {', '.join(PRESETS)})")
-    items = list(overrides.items() if isinstance(overrides, dict) else map(_split, overrides or []))
+    items = list(overrides.items() if isinstance(overrides, dict) else map(split_item, overrides or []))
     cfg = _build(preset, {}, top, items)
     defaults = task_defaults(cfg.task.name, preset)
     if defaults:  # rebuilt, so that the task's defaults sit under the user's choices
@@ -219,7 +219,7 @@ def _build(preset: str, task_defaults: dict[str, Any], top: dict[str, Any],
     return cfg
 
 
-def _split(item: str) -> tuple[str, str]:
+def split_item(item: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
         raise PrivbenchError(f"bad --set {item!r}: expected key=value, e.g. train.iterations=500")

@@ -26,7 +26,7 @@ def test_the_committed_baseline_covers_the_suite():
 def test_tolerances_by_kind():
     assert regress.tolerance("mni-tissue/none/ci/default/dice_GM") == (0.05, "absolute")
     assert regress.tolerance("mni-tissue/mixup/ci/reid/top1") == (0.25, "absolute")
-    assert regress.tolerance("mni-tissue/mixup/ci/speed_train_it_per_s_vs_none") == (0.5, "relative")
+    assert regress.tolerance("mni-tissue/mixup/ci/speed_train_it_per_s_vs_none") == (1.0, "relative")
 
 
 def _moved(tmp_path, defense, change):
@@ -58,9 +58,11 @@ def test_a_moved_number_fails_the_gate_and_is_named(tmp_path):
     result = CliRunner().invoke(app, ["regress", str(BASELINES), "--cards", str(now), "--report",
                                       str(tmp_path / "r.md")])
     variant = json.loads((now / "mni-tissue" / "mixup" / "card.json").read_text())["utility"][0]["variant"]
-    assert result.exit_code == 1
-    assert f"mni-tissue/mixup/ci/{variant}/dice_GM" in result.output.replace("\n", "")
-    assert "outside tolerance" in (tmp_path / "r.md").read_text()
+    assert result.exit_code == 1 and "1 failed" in result.output
+    report = (tmp_path / "r.md").read_text()
+    name = f"mni-tissue/mixup/ci/{variant}/dice_GM"
+    assert f"**failed**, 1 number(s) outside tolerance or missing: {name}" in report
+    assert f"| {name} |" in report.split("\n")[4] and "outside tolerance" in report.split("\n")[4]  # failures first
 
 
 def test_a_missing_number_fails_and_a_new_one_is_listed():

@@ -1,0 +1,173 @@
+"""Grids of runs: task × defense × seed × values of ``--set`` keys, every cell an ordinary run.
+
+A cell whose card already exists for the same config hash is skipped, an unfinished one
+(checkpoint, no card) resumes, and a cell that fails is reported without stopping the others.
+Cells run one after another in this process (``engine="local"``; a CPU run already uses every
+core), or as Ray tasks (``engine="ray"``): ``ray.init()`` starts a local Ray, an ``address``
+(or ``RAY_ADDRESS``) joins a cluster, and each cell asks for one GPU where the driver sees
+CUDA, otherwise ``cpus_per_cell`` CPUs. Ray is the optional extra ``privbench[ray]``, imported
+only for that engine.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from privbench import config
+from privbench.card import CARD, find_resumable
+from privbench.errors import PrivbenchError
+
+
+@dataclass
+class Grid:
+    """What to sweep: every combination of ``tasks``, ``defenses``, ``seeds`` and the values in
+    ``vary`` (``key -> [values]``), each with ``attacks`` and the fixed ``sets``."""
+
+    tasks: list[str] = field(default_factory=lambda: ["mni-tissue"])
+    defenses: list[str] = field(default_factory=lambda: ["none"])
+    attacks: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    preset: str = "quick"
+    sets: dict[str, Any] = field(default_factory=dict)
+    vary: dict[str, list[Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid: its overrides and resolved config hash."""
+
+    task: str
+    defense: str
+    seed: int
+    values: tuple[tuple[str, Any], ...]  # this cell's choice for every varied key
+
+    def config(self, grid: Grid) -> config.RunConfig:
+        return config.resolve(grid.preset, {**grid.sets, **dict(self.values), "task.name": self.task},
+                              defense=self.defense, seed=self.seed, attacks=tuple(grid.attacks))
+
+    def label(self) -> str:
+        extra = " ".join(f"{k}={v}" for k, v in self.values)
+        return f"{self.task}/{self.defense} seed {self.seed}" + (f" {extra}" if extra else "")
+
+
+@dataclass
+class Outcome:
+    """What happened to one cell: ``done``, ``skipped`` (its card existed), ``resumed`` or
+    ``failed`` (with the error), and its run folder."""
+
+    cell: Cell
+    status: str
+    run_dir: str = ""
+    error: str = ""
+
+
+def load_grid(path: str | Path) -> Grid:
+    """A grid from a TOML file: a ``[grid]`` table with ``tasks``, ``defenses``, ``attacks``,
+    ``seeds``, ``preset``, and the tables ``[grid.set]`` (fixed values) and ``[grid.vary]``
+    (lists of values)."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise PrivbenchError(f"cannot read the grid {path}: {exc}") from None
+    table = data.get("grid")
+    if not isinstance(table, dict):
+        raise PrivbenchError(f"{path} has no [grid] table")
+    unknown = set(table) - {"tasks", "defenses", "attacks", "seeds", "preset", "set", "vary"}
+    if unknown:
+        raise PrivbenchError(f"{path}: unknown grid entries {sorted(unknown)} (known: tasks, defenses, attacks, "
+                             "seeds, preset, set, vary)")
+    grid = Grid(preset=table.get("preset", "quick"), sets=dict(table.get("set", {})),
+                vary={k: list(v) if isinstance(v, list) else [v] for k, v in table.get("vary", {}).items()})
+    for name in ("tasks", "defenses", "attacks", "seeds"):
+        if name in table:
+            setattr(grid, name, list(table[name]))
+    return grid
+
+
+def cells(grid: Grid) -> list[Cell]:
+    """Every cell of the grid, each checked (a bad name or value stops the sweep before any run)."""
+    from privbench.registry import ATTACKS, DEFENSES, TASKS
+
+    for registry, names in ((TASKS, grid.tasks), (DEFENSES, grid.defenses), (ATTACKS, grid.attacks)):
+        for name in names:
+            registry.get(name)  # an unknown name stops here, with did-you-mean
+    keys = list(grid.vary)
+    out = []
+    for task, defense, seed, *values in itertools.product(grid.tasks, grid.defenses, grid.seeds,
+                                                          *(grid.vary[k] for k in keys)):
+        cell = Cell(task, defense, int(seed), tuple(zip(keys, values)))
+        cell.config(grid)  # validates: raises PrivbenchError naming the bad part
+        out.append(cell)
+    if not out:
+        raise PrivbenchError("the grid is empty: give at least one task, defense and seed")
+    return out
+
+
+def state(cell: Cell, grid: Grid, out: Path) -> tuple[str, Path | None]:
+    """``finished`` (a card of this config hash exists), ``unfinished`` (a checkpoint without a
+    card) or ``new``, with the run folder where there is one."""
+    cfg = cell.config(grid)
+    digest = config.config_hash(cfg)
+    parent = out / cfg.task.name / cfg.defense
+    finished = sorted(parent.glob(f"*-{digest}*/{CARD}")) if parent.is_dir() else []
+    if finished:
+        return "finished", finished[-1].parent
+    resumable = find_resumable(out, cfg.task.name, cfg.defense, digest)
+    return ("unfinished", resumable) if resumable else ("new", None)
+
+
+def run_cell(cell: Cell, grid: Grid, out: str | Path, progress: bool = False) -> Outcome:
+    """Run, resume or skip one cell; any error becomes a ``failed`` outcome."""
+    from privbench import runner
+
+    out = Path(out)
+    try:
+        kind, run_dir = state(cell, grid, out)
+        if kind == "finished":
+            return Outcome(cell, "skipped", str(run_dir))
+        result = runner.run(cell.config(grid), out=out, resume=kind == "unfinished", progress=progress)
+        return Outcome(cell, "resumed" if kind == "unfinished" else "done", str(result.run_dir))
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001  (one failed cell must not stop the others)
+        return Outcome(cell, "failed", error=f"{type(exc).__name__}: {exc}")
+
+
+def run(grid: Grid, out: str | Path, *, engine: str = "local", address: str | None = None,
+        cpus_per_cell: int = 2, progress: bool = False) -> list[Outcome]:
+    """Run every cell of the grid (see the module); the outcomes, in the grid's order."""
+    todo = cells(grid)
+    if engine == "local":
+        return [run_cell(cell, grid, out, progress) for cell in todo]
+    if engine == "ray":
+        return _run_on_ray(todo, grid, out, address, cpus_per_cell)
+    raise PrivbenchError(f"unknown engine {engine!r}: choose local or ray")
+
+
+def _run_on_ray(todo: list[Cell], grid: Grid, out: str | Path, address: str | None,
+                cpus_per_cell: int) -> list[Outcome]:
+    try:
+        import ray
+    except ImportError:
+        raise PrivbenchError("--engine ray needs Ray: pip install 'privbench[ray]'") from None
+    import torch
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    try:
+        resources = {"num_gpus": 1} if torch.cuda.is_available() else {"num_cpus": cpus_per_cell}
+        remote = ray.remote(**resources)(run_cell)
+        return ray.get([remote.remote(cell, grid, str(Path(out).resolve())) for cell in todo])
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def counts(outcomes: list[Outcome]) -> dict[str, int]:
+    """How many cells ended in each status."""
+    return {status: sum(o.status == status for o in outcomes) for status in ("done", "resumed", "skipped", "failed")}

@@ -1,0 +1,85 @@
+"""sweep: grids of ordinary runs, skipped when finished, resumed when not, failures contained."""
+
+import pytest
+from typer.testing import CliRunner
+
+from privbench import runner, sweep
+from privbench.cli import app
+from privbench.errors import PrivbenchError
+
+FAST = {"train.iterations": 1}  # the sweep's bookkeeping is under test, not training
+GRID = sweep.Grid(defenses=["none", "deformation"], seeds=[0, 1], preset="test", sets=FAST)
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, cache_dir):
+    """The 2 defenses x 2 seeds grid, run once into a folder the tests below share."""
+    out = tmp_path_factory.mktemp("sweep")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PRIVBENCH_CACHE", str(cache_dir))
+        return out, sweep.run(GRID, out)
+
+
+def test_a_grid_makes_every_cell_and_a_second_call_skips_them(swept):
+    out, first = swept
+    assert [(o.cell.defense, o.cell.seed, o.status) for o in first] == [
+        ("none", 0, "done"), ("none", 1, "done"), ("deformation", 0, "done"), ("deformation", 1, "done")]
+    assert len(list(out.glob("mni-tissue/*/*/card.json"))) == 4
+    again = sweep.run(GRID, out)
+    assert [o.status for o in again] == ["skipped"] * 4 and [o.run_dir for o in again] == [o.run_dir for o in first]
+
+
+def test_a_failed_cell_does_not_stop_the_others_and_an_unfinished_one_resumes(swept, monkeypatch):
+    out, first = swept
+    real = runner.run
+
+    def flaky(cfg, **kwargs):
+        if cfg.seed == 2:
+            raise RuntimeError("the GPU fell off the bus")
+        return real(cfg, **kwargs)
+
+    monkeypatch.setattr(runner, "run", flaky)
+    (out / first[1].run_dir / "card.json").unlink()  # as if none's seed-1 run had died after its last checkpoint
+    outcomes = sweep.run(sweep.Grid(defenses=["none"], seeds=[2, 1, 0], preset="test", sets=FAST), out)
+    assert [o.status for o in outcomes] == ["failed", "resumed", "skipped"]
+    assert "RuntimeError: the GPU fell off the bus" in outcomes[0].error and outcomes[1].run_dir == first[1].run_dir
+    assert sweep.counts(outcomes) == {"done": 0, "resumed": 1, "skipped": 1, "failed": 1}
+
+
+def test_a_grid_file_and_varied_keys(tmp_path):
+    path = tmp_path / "grid.toml"
+    path.write_text('[grid]\ndefenses = ["none"]\nseeds = [0]\npreset = "test"\n'
+                    '[grid.set]\n"train.batch_size" = 1\n[grid.vary]\n"train.lr" = [0.001, 0.01]\n')
+    grid = sweep.load_grid(path)
+    cells = sweep.cells(grid)
+    assert [c.values for c in cells] == [(("train.lr", 0.001),), (("train.lr", 0.01),)]
+    assert cells[1].config(grid).train.lr == 0.01 and cells[1].config(grid).train.batch_size == 1
+    path.write_text('[grid]\ndefense = ["none"]\n')
+    with pytest.raises(PrivbenchError, match="unknown grid entries \\['defense'\\]"):
+        sweep.load_grid(path)
+    with pytest.raises(PrivbenchError, match="did you mean 'none'"):  # checked before any run starts
+        sweep.cells(sweep.Grid(defenses=["nonee"], preset="test"))
+    with pytest.raises(PrivbenchError, match="train.lr must be in"):
+        sweep.cells(sweep.Grid(preset="test", vary={"train.lr": [0.001, 5.0]}))
+
+
+def test_the_cli_prints_a_summary_and_exits_1_on_a_failed_cell(swept, monkeypatch):
+    out, _ = swept
+    result = CliRunner().invoke(app, ["sweep", "--defense", "none", "--defense", "deformation", "--seed", "0",
+                                      "--seed", "1", "--preset", "test", "--set", "train.iterations=1",
+                                      "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "0 done, 0 resumed, 4 skipped, 0 failed" in result.output.replace("\n", " ")
+    monkeypatch.setattr(runner, "run", lambda cfg, **kw: (_ for _ in ()).throw(ValueError("broken")))
+    result = CliRunner().invoke(app, ["sweep", "--defense", "none", "--seed", "5", "--preset", "test",
+                                      "-o", str(out), "-q"])
+    assert result.exit_code == 1 and "1 failed" in result.output
+
+
+def test_the_same_sweep_runs_on_a_local_ray(swept):
+    pytest.importorskip("ray")
+    out, first = swept
+    grid = sweep.Grid(defenses=["none", "deformation"], seeds=[0, 1, 3], preset="test", sets=FAST)
+    outcomes = sweep.run(grid, out, engine="ray", cpus_per_cell=1)
+    assert [o.status for o in outcomes] == ["skipped", "skipped", "done", "skipped", "skipped", "done"]
+    assert [o.run_dir for o in outcomes if o.status == "skipped"] == [o.run_dir for o in first]
