@@ -171,20 +171,23 @@ def test_new_attacks_run_end_to_end_with_the_a_curve_and_can_be_added_to_a_finis
     assert missing.exit_code == 2 and "unreadable card" in missing.stderr
 
 
-def test_linkage_applies_to_every_defense(tmp_path):
+def test_linkage_applies_to_every_defense(trained_run, tmp_path):
+    import shutil
+
     from typer.testing import CliRunner
 
     from privbench.cli import app
 
-    for defense in ("none", "privacy-net", "deformation"):
-        result = CliRunner().invoke(app, ["run", "--preset", "test", "--defense", defense, "--attack", "linkage",
-                                          "--out", str(tmp_path), "--quiet"])
-        assert result.exit_code == 0, result.output
-        assert "attack linkage" in result.output and "TPR@1%" in result.output
-        (card_path,) = tmp_path.glob(f"mni-tissue/{defense}/*/card.json")
-        (entry,) = json.loads(card_path.read_text())["attacks"]
+    for defense in ("none", "privacy-net", "deformation"):  # the session's runs with every attack
+        run = trained_run(defense)
+        (entry,) = [e for e in run.card.attacks if e["attack"] == "linkage"]
         assert entry["status"] == "done" and entry["table"][0]["guess"] == "residual correlation on the requests"
-        assert all((card_path.parent / f).exists() for f in entry["files"].values())
+        assert all((run.run_dir / f).exists() for f in entry["files"].values())
+    copy = tmp_path / "none"
+    shutil.copytree(trained_run("none").run_dir, copy)
+    result = CliRunner().invoke(app, ["attack", str(copy), "--attack", "linkage", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "attack linkage" in result.output and "TPR@1%" in result.output
 
 
 def test_the_curve_fixes_a_for_every_request_and_restores_the_range_after(cohort, tmp_path):
