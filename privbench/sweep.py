@@ -107,10 +107,9 @@ def cells(grid: Grid) -> list[Cell]:
     return out
 
 
-def state(cell: Cell, grid: Grid, out: Path) -> tuple[str, Path | None]:
+def state(cfg: config.RunConfig, out: Path) -> tuple[str, Path | None]:
     """``finished`` (a card of this config hash exists), ``unfinished`` (a checkpoint without a
     card) or ``new``, with the run folder where there is one."""
-    cfg = cell.config(grid)
     digest = config.config_hash(cfg)
     parent = out / cfg.task.name / cfg.defense
     finished = sorted(parent.glob(f"*-{digest}*/{CARD}")) if parent.is_dir() else []
@@ -126,10 +125,11 @@ def run_cell(cell: Cell, grid: Grid, out: str | Path, progress: bool = False) ->
 
     out = Path(out)
     try:
-        kind, run_dir = state(cell, grid, out)
+        cfg = cell.config(grid)
+        kind, run_dir = state(cfg, out)
         if kind == "finished":
             return Outcome(cell, "skipped", str(run_dir))
-        result = runner.run(cell.config(grid), out=out, resume=kind == "unfinished", progress=progress)
+        result = runner.run(cfg, out=out, resume=kind == "unfinished", progress=progress)
         return Outcome(cell, "resumed" if kind == "unfinished" else "done", str(result.run_dir))
     except KeyboardInterrupt:
         raise

@@ -297,9 +297,8 @@ class LearnedReid(Attack):
 
     def score(self, guesses: dict[str, Any], truth: Truth, observation: Observation, run_dir: Path) -> AttackResult:
         gallery, chosen = observation.gallery, guesses["selected"]
-        own = [[(s, t) == (gs, gt) for gs, gt in zip(gallery.subjects, gallery.sessions)]
-               for s, t in zip(truth.subjects, truth.sessions)]
-        clean = chosen["gallery"][[row.index(True) for row in own]]  # the requests' own scans, unprotected
+        own = linkage_attack.own_scans(truth.subjects, truth.sessions, gallery).int().argmax(1)
+        clean = chosen["gallery"][own]  # the requests' own scans, unprotected
         linked_scores = {name: guesses[name]["requests"] @ guesses[name]["gallery"].T
                          for name in ("selected", "trained", "untrained")}
         linked = linkage_attack.rank(linked_scores, truth.subjects, truth.sessions, gallery)
