@@ -1,5 +1,6 @@
 """The attack boundary: every registered attack receives an Observation and nothing else."""
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from privbench import config
-from privbench.attacks.base import GRANTS, Observation, execute
+from privbench.attacks.base import GRANTS, Observation, attack_config, attacker_workdir, execute
 from privbench.config import RunConfig
 from privbench.defenses.base import Defense
 from privbench.defenses.mixup import MixupKey, MixupPrivacy
@@ -157,3 +158,18 @@ def test_a_white_box_attacker_gets_copies_of_the_weights_and_nothing_of_the_vict
     assert modules and not [m for m in modules if id(m) in own]  # copies, never the defense's own networks
     ints = {o for o in objects if type(o) is int}
     assert SEED not in ints and not {key.seed for key in keys if hasattr(key, "seed")} & ints
+
+
+def test_an_attackers_work_folder_is_keyed_to_its_settings(client, tmp_path):
+    cfg, _, _ = client
+    attack = create_attack("learned-reid")
+    here = attacker_workdir(attack, attack_config(cfg, attack.name), cfg, tmp_path)
+    assert here.parent == tmp_path / "attackers" and here.name.startswith("learned-reid-")
+    assert attacker_workdir(attack, attack_config(cfg, attack.name), cfg, tmp_path) == here
+    changed = copy.deepcopy(cfg)
+    config.set_value(changed, "attack.learned_reid.iterations", cfg.attack.learned_reid.iterations + 1)
+    assert attacker_workdir(attack, attack_config(changed, attack.name), changed, tmp_path) != here
+    reseeded = dataclasses.replace(cfg, seed=cfg.seed + 1)
+    assert attacker_workdir(attack, attack_config(reseeded, attack.name), reseeded, tmp_path) != here
+    edited = type("LearnedReid", (type(attack),), {"__module__": __name__})()  # the same attack, other code
+    assert attacker_workdir(edited, attack_config(cfg, attack.name), cfg, tmp_path) != here

@@ -1,8 +1,11 @@
 """inversion: a white-box attacker undoes an encoding with the weights the server holds."""
 
+import copy
+
 import pytest
 import torch
 
+from privbench import config
 from privbench.attacks.base import PublicPool, execute
 from privbench.attacks.inversion import Inversion
 from privbench.attacks.learned import AlignedPatches
@@ -59,7 +62,7 @@ def test_an_invertible_encoding_is_undone_and_its_requests_linked(cohort, tmp_pa
     assert [row["guess"] for row in result.table][:3] == [
         "decoded requests vs the clean gallery", "requests vs the gallery through the encoder",
         "requests vs the clean gallery (the linkage attack)"]
-    assert (tmp_path / "inversion_scores.csv").exists() and (tmp_path / "inversion_decoder.pt").exists()
+    assert (tmp_path / "inversion_scores.csv").exists() and len(list(tmp_path.glob("attackers/inversion-*/inversion_decoder.pt"))) == 1
 
 
 def test_aligned_patches_are_co_located_and_reproducible():
@@ -78,3 +81,19 @@ def test_a_defense_without_weights_is_refused(cohort, tmp_path):
     with pytest.raises(Exception, match="needs the encoding's weights"):
         execute(Inversion(), NoProxy(), task, cfg, run_dir=tmp_path)
     assert PublicPool(task).images().shape[0] == len(task.scans("public"))
+
+
+def test_a_finished_decoder_is_reused_only_by_the_same_attacker(cohort, tmp_path):
+    cfg, task = cohort
+    short = copy.deepcopy(cfg)
+    config.set_value(short, "attack.inversion.iterations", 4)
+    first = execute(Inversion(), ContrastDefense(), task, short, run_dir=tmp_path)
+    [decoder] = tmp_path.glob("attackers/inversion-*/inversion_decoder.pt")
+    written = decoder.stat().st_mtime_ns
+    again = execute(Inversion(), ContrastDefense(), task, short, run_dir=tmp_path)  # reads the finished decoder
+    assert again.metrics == first.metrics and decoder.stat().st_mtime_ns == written
+    assert len(list(tmp_path.glob("attackers/inversion-*"))) == 1
+    longer = copy.deepcopy(short)
+    config.set_value(longer, "attack.inversion.iterations", 6)
+    changed = execute(Inversion(), ContrastDefense(), task, longer, run_dir=tmp_path)  # a new decoder, not the old
+    assert changed.settings["decoder_iterations"] == 6 and len(list(tmp_path.glob("attackers/inversion-*"))) == 2

@@ -132,4 +132,4 @@ def test_unprotected_requests_are_identified_and_linked(cache_dir, tmp_path):
     held_out = result.settings["validation_subjects"]  # a third of the 16 public subjects, never trained on
     assert len(held_out) == 5 and result.settings["training_subjects"] == 11
     assert set(result.settings["validation_top1_map"]) == {"trained", "untrained"}
-    assert (tmp_path / "learned_reid_net.pt").exists() and (tmp_path / "learned-reid_roc.png").exists()
+    assert len(list(tmp_path.glob("attackers/learned-reid-*/learned_reid_net.pt"))) == 1 and (tmp_path / "learned-reid_roc.png").exists()

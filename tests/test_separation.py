@@ -41,7 +41,7 @@ def test_unmixed_requests_are_linked_through_the_separated_sources(cohort, tmp_p
     result = execute(Separation(), NoProxy(), task, cfg, run_dir=tmp_path)
     assert result.metrics["linkage_top1"] == 1.0 and result.metrics["mixture_linkage_top1"] == 1.0
     assert result.settings["a_range"] == [0.5, 0.5]  # "none" describes no mixing: the attacker assumes halves
-    assert (tmp_path / "separation_net.pt").exists() and (tmp_path / "separation_roc.png").exists()
+    assert len(list(tmp_path.glob("attackers/separation-*/separation_net.pt"))) == 1 and (tmp_path / "separation_roc.png").exists()
 
 
 def test_mixtures_are_scored_against_the_oracle_that_knows_the_key(cohort, tmp_path):

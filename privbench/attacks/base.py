@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import hashlib
+import inspect
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,7 +121,7 @@ class Runtime:
     amp: bool
     patch_size: int  # the server's patch size (it trains on it)
     checkpoint_every: int
-    workdir: Path  # where the attacker may keep its checkpoints and files
+    workdir: Path  # the attacker's own folder for its checkpoints (see :func:`attacker_workdir`)
     progress: bool = True
 
 
@@ -273,7 +276,7 @@ def execute(attack: Attack, defense: "Defense", task: Task, cfg: RunConfig, *, r
         config=dataclasses.replace(config) if dataclasses.is_dataclass(config) else config,
         seed=streams.seed_of(cfg.seed, "attacker", attack.name),
         runtime=Runtime(engine.resolve_device(cfg.device), cfg.train.amp, cfg.train.patch_size,
-                        cfg.train.checkpoint_every, run_dir, progress),
+                        cfg.train.checkpoint_every, attacker_workdir(attack, config, cfg, run_dir), progress),
         granted=tuple(granted),
         answers=[victims.answers[i] for i in order] if "answers" in granted and victims.answers else None,
         public=pool if "public_pool" in granted else None,
@@ -283,6 +286,20 @@ def execute(attack: Attack, defense: "Defense", task: Task, cfg: RunConfig, *, r
     )
     guesses = attack.reconstruct(observation)
     return attack.score(guesses, truth, observation, run_dir)
+
+
+def attacker_workdir(attack: Attack, config: Any, cfg: RunConfig, run_dir: Path) -> Path:
+    """``run_dir/attackers/<attack>-<key>``: where one attacker keeps its checkpoints. The key
+    hashes what its training depends on (its config section, the run's seed, patch size and
+    precision, and the source of the attack's module), so a run folder's finished checkpoint is
+    resumed only by the same attacker and never read after its code or settings changed."""
+    settings = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
+    module = inspect.getsourcefile(type(attack))
+    source = Path(module).read_bytes() if module else b""
+    what = json.dumps({"config": settings, "seed": cfg.seed, "patch_size": cfg.train.patch_size,
+                       "amp": cfg.train.amp, "device": cfg.device}, sort_keys=True, default=str)
+    key = hashlib.sha256(what.encode() + hashlib.sha256(source).digest()).hexdigest()[:12]
+    return run_dir / "attackers" / f"{attack.name}-{key}"
 
 
 def card_entry(attack: Attack, defense: str, result: AttackResult | None, config: Any = None) -> dict[str, Any]:

@@ -88,8 +88,10 @@ def train(step: Step, sampler: Sampler, cfg: TrainConfig, *, state: dict[str, An
     and restored from it first when it exists (a finished checkpoint is only read: restoring
     writes nothing). ``step`` does the update and returns its losses. A non-finite loss, or
     non-finite weights before a save, stop training with :class:`NonFiniteError`; the last
-    checkpoint written, which was checked, stays as it is.
+    checkpoint written, which was checked, stays as it is. ``workdir`` is made if missing.
     """
+    if workdir:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
     start = load_checkpoint(workdir, state, checkpoint) if workdir else 0
     earlier = _earlier_seconds(workdir, checkpoint, start) if start else 0.0
     if start:
