@@ -45,6 +45,7 @@ class TaskConfig:
     public_fraction: float = 0.2  # of subjects: the attacker's public pool
     reference_subjects: int = 6  # training subjects whose labelled scans form the client's reference pool
     max_test_scans: int = 0  # evaluate on at most this many test scans (0: all)
+    validation_subjects: int = 2  # public subjects whose first scan scores training progress (0: none)
     cohort_seed: int = 0  # seed of the synthetic cohort and of the subject split, independent of the run's seed
     cache_dir: str = ""  # "" -> $PRIVBENCH_CACHE or ~/.cache/privbench
 
@@ -61,6 +62,10 @@ class TrainConfig:
     foreground_fraction: float = 0.0  # share of patches centred on a foreground voxel (nnU-Net: 0.33)
     features: tuple[int, ...] = (16, 16, 32, 64, 128, 16)  # MONAI BasicUNetPlusPlus widths
     checkpoint_every: int = 100
+    validate_every: int = 100  # score the validation scans every this many iterations (0: never)
+    workers: int = -1  # processes making batches ahead of the step: -1 auto (0 on CPU, up to 8 on CUDA), 0 none
+    channels_last: bool = False  # the networks' weights in channels-last 3D memory format
+    compile: bool = False  # torch.compile the networks' forward (off: it did not pay where measured)
     amp: bool = True  # bfloat16 autocast on CUDA, and on CPUs with native bfloat16 (AMX/AVX512-BF16)
 
 
@@ -138,7 +143,7 @@ PRESETS: dict[str, dict[str, Any]] = {  # run-level values; each section keeps i
         "task.reference_subjects": 2, "task.max_test_scans": 2,
         "train.iterations": 3, "train.batch_size": 2, "train.patch_size": 32,
         "train.features": (8, 8, 16, 16, 32, 8), "train.checkpoint_every": 2,
-        "eval.sw_batch_size": 4,
+        "train.validate_every": 0, "eval.sw_batch_size": 4,
     },
     # the default: a whole run in under ten minutes on two CPU cores (2 mm cohort)
     "quick": {},
@@ -154,7 +159,7 @@ PRESETS: dict[str, dict[str, Any]] = {  # run-level values; each section keeps i
         "task.test_fraction": 0.23, "task.public_fraction": 0.15, "task.reference_subjects": 50,
         "train.iterations": 200_000, "train.batch_size": 4, "train.patch_size": 32,
         "train.lr": 1e-4, "train.features": (32, 32, 64, 128, 256, 32),
-        "train.checkpoint_every": 5_000,
+        "train.checkpoint_every": 5_000, "train.validate_every": 5_000,
     },
 }
 
@@ -162,8 +167,13 @@ PRESET_BASES = {"ci": "test"}  # a preset starts from its base's values (run-lev
 
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
 
-# fields that do not change results, left out of the hash
-_UNHASHED = {"device", "preset", "eval.sw_batch_size", "train.checkpoint_every", "task.cache_dir"}
+# fields that do not change results, left out of the hash (validation only reads the networks:
+# training with it is bit-identical to training without it, tests/test_progress.py)
+_UNHASHED = {"device", "preset", "eval.sw_batch_size", "train.checkpoint_every", "task.cache_dir",
+             "train.validate_every", "task.validation_subjects", "train.workers"}
+# fields added later that may change results in the last bits: hashed only when set away from the
+# behaviour before them, so the hashes (and --resume) of earlier runs stay valid
+_HASHED_WHEN_SET = {"train.channels_last": False, "train.compile": False}
 
 
 def resolve(preset: str = "quick", overrides: list[str] | dict[str, Any] | None = None,
@@ -320,6 +330,9 @@ def validate(cfg: RunConfig) -> None:
          "task.public_fraction must be >= 0 and leave subjects for training"),
         (cfg.task.reference_subjects >= 1, "task.reference_subjects must be >= 1"),
         (cfg.task.max_test_scans >= 0, "task.max_test_scans must be >= 0"),
+        (cfg.task.validation_subjects >= 0, "task.validation_subjects must be >= 0"),
+        (cfg.train.validate_every >= 0, "train.validate_every must be >= 0"),
+        (cfg.train.workers >= -1, "train.workers must be -1 (auto), 0 (main thread) or more"),
         (cfg.train.iterations >= 0, "train.iterations must be >= 0"),
         (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
         (cfg.train.patch_size >= 32 and cfg.train.patch_size % 16 == 0,
@@ -398,5 +411,6 @@ def config_hash(cfg: RunConfig) -> str:
     used = set(RUN_SECTIONS) | set(used_sections(cfg))
     unhashed = _UNHASHED | (set() if cfg.attacks else {"attacks"})
     flat = {k: v for k, v in _flatten(to_dict(cfg)).items()
-            if k not in unhashed and (k in RUN_FIELDS or k.rpartition(".")[0] in used)}
+            if k not in unhashed and (k in RUN_FIELDS or k.rpartition(".")[0] in used)
+            and not (k in _HASHED_WHEN_SET and v == _HASHED_WHEN_SET[k])}
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]

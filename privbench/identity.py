@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from privbench.engine import ForegroundPicker, crop_patch
+from privbench.engine import ForegroundPicker, crop_patch, pinned
 from privbench.errors import PrivbenchError
 from privbench.tasks.base import Task
 
@@ -32,6 +32,10 @@ class PairBatch:
     def to(self, device: torch.device) -> "PairBatch":
         return PairBatch(*(t.to(device) for t in (self.first, self.second, self.same,
                                                    self.first_label, self.second_label)))
+
+    def pin_memory(self) -> "PairBatch":
+        """The batch in page-locked memory (the DataLoader calls it with ``pin_memory=True``)."""
+        return pinned(self)
 
 
 class PairSampler:

@@ -24,7 +24,8 @@ import torch
 from privbench import card as cards
 from privbench.card import Card
 from privbench.attacks.base import Attack, attack_config, card_entry, execute
-from privbench import engine, finite, precision, resources
+from privbench import convergence, engine, finite, precision, resources
+from privbench.engine import distributed
 from privbench.config import RunConfig, config_hash, from_dict, to_dict
 from privbench.defenses.base import Defense
 from privbench.errors import Interrupted, NonFiniteError, PrivbenchError
@@ -41,7 +42,7 @@ class RunResult:
     """Where a run wrote its files, and its card."""
 
     run_dir: Path
-    card: Card
+    card: Card | None  # None on the ranks other than 0 of a multi-process run (rank 0 writes it)
 
 
 def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
@@ -55,7 +56,12 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
     with :class:`~privbench.errors.NonFiniteError` and no card.
     """
     device, digest = _checked(cfg)
-    run_dir = cards.find_resumable(Path(out), cfg.task.name, cfg.defense, digest) if resume else None
+    device = distributed.start(device)  # under torchrun: join the ranks (rank 0 decides and writes)
+    engine.fast_cuda_math()
+    distributed.require_divisible(cfg.train.batch_size)
+    lead = distributed.rank() == 0
+    run_dir = cards.find_resumable(Path(out), cfg.task.name, cfg.defense, digest) if resume and lead else None
+    run_dir = distributed.broadcast(run_dir)
     if resume and run_dir is None:
         raise PrivbenchError(f"nothing to resume: no unfinished {cfg.task.name}/{cfg.defense} "
                              f"run with config {digest} under {out}")
@@ -66,7 +72,14 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
     attackers = [create_attack(name) for name in cfg.attacks]
     check_requirements(task, cfg, defense)
     chosen = precision.choose(device, cfg.train.amp)
-    run_dir = run_dir or cards.new_run_dir(Path(out), cfg.task.name, cfg.defense, digest)
+    if lead:
+        run_dir = run_dir or cards.new_run_dir(Path(out), cfg.task.name, cfg.defense, digest)
+    run_dir = distributed.broadcast(run_dir)
+    if not lead:  # another rank: its share of training, then nothing to write
+        engine.seed_everything(cfg.seed, deterministic=device.type == "cpu")
+        defense.fit(task, cfg, device=device, progress=False, workdir=run_dir)
+        distributed.finish()
+        return RunResult(run_dir, None)
     with _interruptible(run_dir), _log_to(run_dir / "run.log"):
         cards.write_json_atomic(run_dir / cards.CONFIG, {"config": to_dict(cfg), "config_hash": digest})
         log.info("run %s: task %s, defense %s, preset %s, seed %d, config %s", run_dir.name,
@@ -75,6 +88,10 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
                  data_seconds, task.summary())
         engine.seed_everything(cfg.seed, deterministic=device.type == "cpu")
         report = defense.fit(task, cfg, device=device, progress=progress, workdir=run_dir)
+        processes = distributed.describe()
+        distributed.finish()
+        progress_section, progress_files, progress_lines = convergence.report(
+            run_dir, cfg.train.iterations, f"{cfg.defense} on {cfg.task.name}, seed {cfg.seed}")
         began = time.perf_counter()
         evaluation = _stage(f"evaluation of {cfg.defense}", defense.evaluate, task, cfg, run_dir=run_dir)
         timings = {"data_seconds": data_seconds, **_training_timings(report),
@@ -90,10 +107,12 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
         card = Card(run_dir.name, cfg.task.name, cfg.defense, cfg.preset, cfg.seed, digest, to_dict(cfg),
                     timings, evaluation.utility, attacks,
                     {"checkpoint": engine.CHECKPOINT, "log": "run.log", "per_scan": PER_SCAN,
-                     **evaluation.files, **study.files},
+                     **progress_files, **evaluation.files, **study.files},
                     data=task.summary(), **cards.environment(device), precision=chosen.card(),
-                    amp=chosen.autocast, sections={**evaluation.sections, **study.sections},
-                    summary=evaluation.summary)
+                    amp=chosen.autocast, sections={**evaluation.sections, **study.sections,
+                                                   **({"convergence": progress_section} if progress_section else {}),
+                                                   **({"distributed": processes} if processes else {})},
+                    summary=[*progress_lines, *evaluation.summary])
         cards.write(run_dir / cards.CARD, card)
         log.info("card written to %s", run_dir / cards.CARD)
     return RunResult(run_dir, card)

@@ -122,6 +122,8 @@ def test_the_hash_covers_exactly_the_sections_of_the_run_s_components():
     assert changed("privacy-net", (), "adversary.weight", 2) and changed("deformation", (), "adversary.weight", 2)
     assert not changed("mixup", (), "adversary.weight", 2) and not changed("none", (), "mixup.tta", 2)
     assert changed("none", ("bss",), "attack.bss.iterations", 5) and not changed("none", ("reid",), "attack.bss.iterations", 5)
+    assert changed("none", (), "train.channels_last", "true") and changed("none", (), "train.compile", "true")
+    assert not changed("none", (), "train.workers", 2) and not changed("none", (), "train.validate_every", 7)
     assert config.used_sections(config.resolve("quick", defense="privacy-net", attacks=("reid",))) == [
         "privacy_net", "adversary", "attack.reid"]
 

@@ -11,13 +11,15 @@ import abc
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from privbench import engine
+from privbench import engine, streams
 from privbench.config import RunConfig
 from privbench.engine import TrainReport
 from privbench.errors import PrivbenchError
 from privbench.evaluation import Evaluation, Study, evaluate_default
+from privbench.metrics import dice
 from privbench.tasks.base import Task
 
 Key = Any  # a defense's client-side secret; None where there is none
@@ -96,6 +98,18 @@ class Defense(abc.ABC):
         return None
 
 
+def accelerate(state: dict[str, Any], channels_last: bool, compile: bool) -> None:
+    """Every network of ``state`` with its weights in channels-last 3D memory format and/or its
+    forward compiled by ``torch.compile`` (in place: parameter names, hence checkpoints, stay
+    the same; the optimisers keep their parameters)."""
+    for obj in state.values():
+        if isinstance(obj, torch.nn.Module):
+            if channels_last:
+                obj.to(memory_format=torch.channels_last_3d)
+            if compile:
+                obj.compile()
+
+
 class TrainedDefense(Defense):
     """A defense whose networks are trained end to end, in the style of nnU-Net's trainer: the
     base owns setting up, the loop through :func:`privbench.engine.train`, checkpoints,
@@ -111,7 +125,33 @@ class TrainedDefense(Defense):
             workdir: Path | None = None) -> TrainReport:
         step = self.setup(task, cfg, device)
         return engine.train(step, self.sampler(task, cfg), cfg.train, state=self.state, device=device,
-                            workdir=workdir, progress=progress, name=self.name)
+                            workdir=workdir, progress=progress, name=self.name,
+                            validate=self.validator(task, cfg))
+
+    def validator(self, task: Task, cfg: RunConfig) -> engine.Validate | None:
+        """Scores of the defense's segmentation now (one request per scan, keys from the run's
+        ``validation`` stream, so training draws nothing from it) on the first scan of each
+        validation subject: ``val_dice`` (mean over classes) and ``val_dice_<class>``. None
+        when the task has no validation scans or validation is off."""
+        first: dict[str, Any] = {}
+        for scan in task.scans("validation"):
+            first.setdefault(scan.subject, scan)
+        if not first or not cfg.train.validate_every:
+            return None
+        volumes = [task.load(scan) for scan in first.values()]
+        classes = task.class_names[1:]
+
+        def validate() -> dict[str, float]:
+            generator = streams.generator(cfg.seed, "validation")
+            scores = torch.stack([dice(self.segment(image[None], generator=generator).argmax(1), label[None],
+                                       task.num_classes)[0] for image, label in volumes]).numpy()
+            means = {c: float(np.nanmean(scores[:, i])) for i, c in enumerate(classes)
+                     if np.isfinite(scores[:, i]).any()}
+            if not means:
+                return {}
+            return {"val_dice": float(np.mean(list(means.values()))), **{f"val_dice_{c}": v for c, v in means.items()}}
+
+        return validate
 
     def restore(self, run_dir: Path, task: Task, cfg: RunConfig, *, device: torch.device) -> None:
         self.setup(task, cfg, device)
@@ -127,7 +167,9 @@ class TrainedDefense(Defense):
         one training step."""
         self.prepare(task, cfg)
         self.configure(task.num_classes, task.spacing, cfg, device)
-        return self.build(cfg)
+        step = self.build(cfg)
+        accelerate(self.state, cfg.train.channels_last, cfg.train.compile)
+        return step
 
     def configure(self, num_classes: int, spacing: float, cfg: RunConfig, device: torch.device) -> None:
         """The settings :meth:`build` and the server read (set without a task by the benchmarks)."""

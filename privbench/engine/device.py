@@ -34,6 +34,14 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
+def fast_cuda_math() -> None:
+    """TensorFloat-32 for float32 matrix products and convolutions on CUDA (Ampere and later),
+    as cuDNN already does for convolutions by default; nothing on CPU."""
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
     """bfloat16 autocast where :func:`privbench.precision.choose` allows it (CUDA, or a CPU whose
     native bfloat16 passed its self-test) and ``enabled`` (``train.amp``); otherwise a no-op."""

@@ -6,7 +6,9 @@ exactly the batches an uninterrupted one would.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -30,6 +32,55 @@ class Batch:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return Batch(self.image.to(device), self.label.to(device), self.subjects,
                      move(self.ref_image), move(self.ref_label))
+
+    def pin_memory(self) -> "Batch":
+        """The batch in page-locked memory (the DataLoader calls it with ``pin_memory=True``)."""
+        return pinned(self)
+
+
+def pinned(batch: Any) -> Any:
+    """A dataclass batch with every tensor field in page-locked memory."""
+    return dataclasses.replace(batch, **{f.name: getattr(batch, f.name).pin_memory()
+                                         for f in dataclasses.fields(batch)
+                                         if isinstance(getattr(batch, f.name), torch.Tensor)})
+
+
+def share(batch: Any, rank: int, world: int) -> Any:
+    """Rank ``rank``'s contiguous share of a dataclass batch: every tensor or list field cut
+    along its first axis into ``world`` equal parts (the batch size divides by ``world``). The
+    ranks' shares together are exactly the single-process batch."""
+    def part(value: Any) -> Any:
+        if isinstance(value, (torch.Tensor, list)) and len(value):
+            size = len(value) // world
+            return value[rank * size:(rank + 1) * size]
+        return value
+
+    return dataclasses.replace(batch, **{f.name: part(getattr(batch, f.name)) for f in dataclasses.fields(batch)})
+
+
+class _Numbered(torch.utils.data.Dataset):
+    """Batches ``start .. stop - 1`` of a sampler, by position (for DataLoader workers)."""
+
+    def __init__(self, sampler: Any, start: int, stop: int):
+        self.sampler, self.start, self.stop = sampler, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, position: int) -> Any:
+        return self.sampler.batch(self.start + position)
+
+
+def batches(sampler: Any, start: int, stop: int, workers: int = 0, pin_memory: bool = False) -> Iterator[Any]:
+    """Batches ``start .. stop - 1`` of ``sampler``, in order: made on the main thread
+    (``workers`` 0), or ahead of the training step by ``workers`` DataLoader processes, two
+    batches each, in page-locked memory with ``pin_memory``. Batch ``i`` is ``sampler.batch(i)``
+    either way (a function of the seed and ``i``), so the stream and a resumed run stay exact."""
+    if workers <= 0:
+        return (sampler.batch(i) for i in range(start, stop))
+    loader = torch.utils.data.DataLoader(_Numbered(sampler, start, stop), batch_size=None, shuffle=False,
+                                         num_workers=workers, pin_memory=pin_memory, prefetch_factor=2)
+    return iter(loader)
 
 
 class PatchSampler:

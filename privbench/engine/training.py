@@ -9,9 +9,11 @@ non-finite loss, weight or gradient (:class:`NonFiniteError`), keeping the last 
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import logging
 import math
+import os
 import pickle
 import time
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from privbench import io, precision
+from privbench.engine import distributed
+from privbench.engine.sampling import batches
 from privbench.config import TrainConfig
 from privbench.errors import NonFiniteError, PrivbenchError
 
@@ -78,9 +82,12 @@ class Sampler(Protocol):
     def batch(self, iteration: int) -> Any: ...
 
 
+Validate = Callable[[], dict[str, float]]  # scores of the networks as they are now, e.g. {"val_dice": 0.8}
+
+
 def train(step: Step, sampler: Sampler, cfg: TrainConfig, *, state: dict[str, Any],
           device: torch.device, workdir: Path | None = None, progress: bool = True,
-          name: str = "train", checkpoint: str = CHECKPOINT) -> TrainReport:
+          name: str = "train", checkpoint: str = CHECKPOINT, validate: Validate | None = None) -> TrainReport:
     """Call ``step(batch, iteration)`` for iterations ``[start, cfg.iterations)``.
 
     ``state`` maps names to modules and optimizers (anything with ``state_dict``): they are
@@ -89,19 +96,50 @@ def train(step: Step, sampler: Sampler, cfg: TrainConfig, *, state: dict[str, An
     writes nothing). ``step`` does the update and returns its losses. A non-finite loss, or
     non-finite weights before a save, stop training with :class:`NonFiniteError`; the last
     checkpoint written, which was checked, stays as it is. ``workdir`` is made if missing.
+
+    The training curve goes to ``workdir/<progress_file>`` with each checkpoint: the mean of
+    each loss over every logging interval and, every ``cfg.validate_every`` iterations and at the
+    end, the scores ``validate()`` returns (it runs in eval mode without gradients, and the
+    modules' modes are restored, so training is the same with or without it; its seconds are
+    not counted as training time).
     """
-    if workdir:
+    writer = distributed.rank() == 0  # with several processes, rank 0 alone writes files and validates
+    if distributed.world() > 1:
+        distributed.require_divisible(cfg.batch_size)
+    if workdir and writer:
         Path(workdir).mkdir(parents=True, exist_ok=True)
     start = load_checkpoint(workdir, state, checkpoint) if workdir else 0
+    if distributed.world() > 1:
+        distributed.synchronise(state)
     earlier = _earlier_seconds(workdir, checkpoint, start) if start else 0.0
     if start:
         log.info("resuming %s from iteration %d", name, start)
     losses: dict[str, float] = {}
+    curve = Curve(workdir / progress_file(checkpoint) if workdir and writer else None, start)
+    paused = 0.0  # seconds spent validating, not training
 
     def save(done: int) -> None:
         save_checkpoint(workdir, state, done, checkpoint)
-        spent = None if earlier is None else earlier + time.perf_counter() - began
+        spent = None if earlier is None else earlier + time.perf_counter() - began - paused
         io.write_text(workdir / seconds_file(checkpoint), json.dumps({"iteration": done, "seconds": spent}))
+        curve.write()
+
+    def validation(done: int) -> None:
+        nonlocal paused
+        if validate is None or not writer or not cfg.validate_every or (
+                done % cfg.validate_every and done < cfg.iterations):
+            return
+        clock = time.perf_counter()
+        modes = {key: obj.training for key, obj in state.items() if isinstance(obj, torch.nn.Module)}
+        for key in modes:
+            state[key].eval()
+        with torch.no_grad():
+            scores = validate()
+        for key, mode in modes.items():
+            state[key].train(mode)
+        curve.add(done, scores)
+        log.info("%s iter %d validation %s", name, done, " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        paused += time.perf_counter() - clock
 
     def check(done: int, weights: bool = False) -> None:
         """Stop at a non-finite loss (every iteration) or weight (before each save)."""
@@ -113,25 +151,84 @@ def train(step: Step, sampler: Sampler, cfg: TrainConfig, *, state: dict[str, An
 
     every = max(1, cfg.iterations // 20)
     began = time.perf_counter()
-    with _progress_bar(progress) as bar:
+    workers = loader_workers(cfg, device)
+    stream = batches(sampler, start, cfg.iterations, workers, pin_memory=workers > 0 and device.type == "cuda")
+    with _progress_bar(progress and writer) as bar:
         task = bar.add_task(name, total=cfg.iterations, completed=start, info="")
-        for iteration in range(start, cfg.iterations):
-            losses = step(sampler.batch(iteration).to(device), iteration)
+        for iteration, batch in zip(range(start, cfg.iterations), stream):
+            losses = distributed.average(step(distributed.share_of(batch).to(device), iteration), device)
             done = iteration + 1
             check(done)
-            rate = (done - start) / (time.perf_counter() - began)
+            curve.accumulate(losses)
+            rate = (done - start) / (time.perf_counter() - began - paused)
             text = " ".join(f"{k} {v:.4f}" for k, v in losses.items())
             bar.update(task, completed=done, info=f"{text} | {rate:.2f} it/s")
             if done % every == 0 or done == cfg.iterations:
                 log.info("%s iter %d/%d %s %.2f it/s", name, done, cfg.iterations, text, rate)
-            if workdir and done % cfg.checkpoint_every == 0 and done < cfg.iterations:
+                curve.add(done, curve.interval_means())
+            validation(done)
+            if workdir and writer and done % cfg.checkpoint_every == 0 and done < cfg.iterations:
                 check(done, weights=True)
                 save(done)
     if start < cfg.iterations:
         check(cfg.iterations, weights=True)
-        if workdir:
+        if workdir and writer:
             save(cfg.iterations)
-    return TrainReport(cfg.iterations, start, time.perf_counter() - began, losses, earlier)
+    return TrainReport(cfg.iterations, start, time.perf_counter() - began - paused, losses, earlier)
+
+
+def loader_workers(cfg: TrainConfig, device: torch.device) -> int:
+    """``cfg.workers``, or for -1 (auto): none on CPU (on a few cores the worker processes only
+    take cores from the step, measured in the README), and on CUDA up to 8 per process, leaving
+    a core for the main thread."""
+    if cfg.workers >= 0:
+        return cfg.workers
+    if device.type != "cuda":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) // distributed.world() - 1))
+
+
+def progress_file(checkpoint: str = CHECKPOINT) -> str:
+    """The training curve beside a checkpoint: ``progress.csv`` for a run's own checkpoint,
+    ``<stem>_progress.csv`` for an attacker's."""
+    return "progress.csv" if checkpoint == CHECKPOINT else f"{Path(checkpoint).stem}_progress.csv"
+
+
+class Curve:
+    """The rows of a training curve (``iteration`` and named values), continued on resume from
+    the rows its file holds up to the resumed iteration."""
+
+    def __init__(self, path: Path | None, start: int):
+        self.path, self.rows, self.sums, self.count = path, {}, {}, 0
+        if path and start and path.is_file():
+            for row in csv.DictReader(path.read_text().splitlines()):
+                if int(row["iteration"]) <= start:
+                    self.rows[int(row["iteration"])] = {k: float(v) for k, v in row.items()
+                                                        if k != "iteration" and v != ""}
+
+    def accumulate(self, losses: dict[str, float]) -> None:
+        for key, value in losses.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.count += 1
+
+    def interval_means(self) -> dict[str, float]:
+        """Each loss's mean since the last call (the logging interval), then start afresh."""
+        means = {k: v / self.count for k, v in self.sums.items()} if self.count else {}
+        self.sums, self.count = {}, 0
+        return means
+
+    def add(self, iteration: int, values: dict[str, float]) -> None:
+        self.rows.setdefault(iteration, {}).update(values)
+
+    def write(self) -> None:
+        """Write every row so far (blank where a value was not measured at that iteration)."""
+        if not self.path:
+            return
+        columns = list(dict.fromkeys(k for row in self.rows.values() for k in row))
+        lines = [",".join(["iteration", *columns])]
+        lines += [",".join([str(i), *(repr(row[c]) if c in row else "" for c in columns)])
+                  for i, row in sorted(self.rows.items())]
+        io.write_text(self.path, "\n".join(lines) + "\n")
 
 
 def seconds_file(checkpoint: str = CHECKPOINT) -> str:

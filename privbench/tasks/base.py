@@ -6,7 +6,10 @@ into four roles, always disjoint by subject where it matters for privacy:
 - ``train``: the client's labelled training scans;
 - ``test``: the victims; never used for training, references or the attacker's data;
 - ``reference``: the client's private reference pool (labelled), a subset of ``train``;
-- ``public``: the attacker's public pool, sharing no subject with any other role.
+- ``public``: the attacker's public pool, sharing no subject with train, test or reference;
+- ``validation``: the first ``task.validation_subjects`` public subjects, whose scans score
+  training progress (public data anyone may use: carving them changes no training set, and
+  they share no subject with the victims).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ class Task:
         missing = [role for role in ROLES if role not in splits]
         if missing:
             raise ValueError(f"task splits lack roles {missing}")
-        self.splits = splits
+        self.splits = {"validation": [], **splits}
         self.spacing = spacing
         self.patch_size = patch_size
 
@@ -97,8 +100,13 @@ def split_subjects(subjects: list[str], cfg: TaskConfig) -> dict[str, list[str]]
     if len(train) < 1:
         raise PrivbenchError("too few subjects: none left for training; raise task.n_subjects")
     reference = train[: min(cfg.reference_subjects, len(train))]
-    return {"train": sorted(train), "test": sorted(test), "reference": sorted(reference),
-            "public": sorted(public)}
+    return with_validation({"train": sorted(train), "test": sorted(test), "reference": sorted(reference),
+                            "public": sorted(public)}, cfg)
+
+
+def with_validation(roles: dict[str, list[str]], cfg: TaskConfig) -> dict[str, list[str]]:
+    """``roles`` plus ``validation``: the first ``cfg.validation_subjects`` public subjects."""
+    return {**roles, "validation": sorted(roles["public"])[: cfg.validation_subjects]}
 
 
 def split_scans(scans: list[Scan], roles: dict[str, list[str]], max_test_scans: int = 0) -> dict[str, list[Scan]]:

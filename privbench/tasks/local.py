@@ -23,7 +23,7 @@ from rich.progress import track
 from privbench.config import TaskConfig
 from privbench.errors import PrivbenchError
 from privbench.tasks import preprocess
-from privbench.tasks.base import Scan, Task, split_scans, split_subjects
+from privbench.tasks.base import Scan, Task, split_scans, split_subjects, with_validation
 from privbench.tasks.cache import cache_root, remove_stale_temporaries
 
 log = logging.getLogger("privbench")
@@ -120,4 +120,4 @@ def read_split(path: Path, subjects: list[str], cfg: TaskConfig,
     if not roles["train"] or not roles["test"]:
         raise PrivbenchError(f"split file {path}: needs at least one train and one test subject")
     roles["reference"] = roles["train"][: cfg.reference_subjects]
-    return roles
+    return with_validation(roles, cfg)
