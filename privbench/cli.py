@@ -17,13 +17,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from privbench import bench as benchmarks
+from privbench import card as cards
 from privbench import config as configs
 from privbench import leaderboard as boards
 from privbench import regress as gate
 from privbench import sweep as sweeps
 from privbench import runner
 from privbench.errors import Interrupted, NonFiniteError, PrivbenchError
-from privbench.registry import REGISTRIES
+from privbench.registry import DEFENSES, REGISTRIES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Benchmark and privacy audit of privacy-preserving 3D segmentation.")
@@ -82,7 +84,8 @@ def run(
     cfg = configs.resolve(preset, overrides, **{"task.name": task, "defense": defense, "seed": seed,
                                                 "device": device, "attacks": tuple(attack) or None})
     result = runner.run(cfg, out=out, resume=resume, progress=not quiet)
-    _print_card(result)
+    if result.card is not None:  # under torchrun, rank 0 reports
+        _print_card(result)
 
 
 @app.command("attack")
@@ -236,6 +239,39 @@ def sweep(
     console.print(", ".join(f"{n} {status}" for status, n in sweeps.counts(outcomes).items()))
     if any(o.status == "failed" for o in outcomes):
         raise typer.Exit(1)
+
+
+@app.command()
+@_friendly
+def bench(
+    defense: list[str] = typer.Option([], "--defense", "-d", help="Defense to measure (repeatable; default: all)."),
+    preset: str = typer.Option("quick", "--preset", "-p", help="Settings measured (patch, batch, widths)."),
+    overrides: list[str] = typer.Option([], "--set", "-s", help="Override a config field: key=value."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
+    steps: int = typer.Option(10, "--steps", help="Timed training steps per measurement."),
+    warmup: int = typer.Option(2, "--warmup", help="Untimed steps first."),
+    score_model: bool = typer.Option(True, "--score-model/--no-score-model", help="Also the bss score model."),
+    output: Path = typer.Option(Path(benchmarks.RESULT), "--output", "-o", help="JSON to write."),
+) -> None:
+    """Training and inference speed of each defense on this machine -> benchmark_result.json."""
+    cfg = configs.resolve(preset, overrides, device=device)
+    for name in defense:
+        DEFENSES.get(name)
+    result = benchmarks.bench(cfg, list(defense) or None, steps=steps, warmup=warmup, score_model=score_model)
+    cards.write_json_atomic(output, result)
+    env = result["environment"]
+    table = Table(title=f"{env['device']} ({env['device_type']}, torch {env['torch']}, {env['precision']}, "
+                        f"{env['torch_threads']} threads), preset {preset}")
+    for column in ("component", "variant", "it/s", "+data it/s", "batch ms", "starved", "infer s", "peak MiB",
+                   "speed-up"):
+        table.add_column(column, justify="left" if column in ("component", "variant") else "right")
+    for r in result["results"]:
+        table.add_row(r["component"], r["variant"], f"{r['step_it_per_s']:.2f}", f"{r['step_with_data_it_per_s']:.2f}",
+                      f"{r['batch_ms_main_thread']:.0f}", "yes" if r["data_loading_starves"] else "no",
+                      _cell(r["infer_seconds_per_volume"]), f"{r['peak_memory_mib']:.0f}",
+                      f"{r['speedup_over_fp32_eager']:.2f}")
+    console.print(table)
+    console.print(f"written to {output}")
 
 
 @app.command()

@@ -135,14 +135,19 @@ class ScoreModel:
         train_cfg = TrainConfig(iterations=self.cfg.iterations, batch_size=self.cfg.batch_size,
                                 patch_size=patch_size, lr=self.cfg.lr, lr_schedule="constant",
                                 features=self.cfg.features, checkpoint_every=checkpoint_every, amp=self.amp)
+        sampler, step, state = self.prepare(pool, patch_size=patch_size, seed=seed)
+        return engine.train(step, sampler, train_cfg, state=state, device=self.device, workdir=workdir,
+                            progress=progress, name="bss score", checkpoint=CHECKPOINT)
+
+    def prepare(self, pool: PublicPool, *, patch_size: int, seed: int) -> tuple[engine.PatchSampler, engine.Step,
+                                                                               dict[str, object]]:
+        """The noise levels (from the pool's patches), the training batches, one training step
+        and the state a checkpoint holds (also what ``privbench bench`` times)."""
         probe = engine.PatchSampler(pool, patch_size, 128, seed, role="public").batch(0)
         self.sigmas = noise_levels(largest_distance(probe.image), self.cfg.sigma_min, self.cfg.num_sigmas)
         sampler = engine.PatchSampler(pool, patch_size, self.cfg.batch_size, seed, role="public")
         optimizer = torch.optim.Adam(self.net.parameters(), lr=self.cfg.lr)
-        state = {"net": self.net, "ema": self.ema, "optimizer": optimizer}
-        return engine.train(self._step(optimizer, seed), sampler, train_cfg, state=state,
-                            device=self.device, workdir=workdir, progress=progress, name="bss score",
-                            checkpoint=CHECKPOINT)
+        return sampler, self._step(optimizer, seed), {"net": self.net, "ema": self.ema, "optimizer": optimizer}
 
     def _step(self, optimizer: torch.optim.Optimizer, seed: int) -> engine.Step:
         def step(batch: engine.Batch, iteration: int) -> dict[str, float]:
