@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from privbench import config, convergence, engine
+from privbench.defenses.deformation import DeformationProxy
 from privbench.defenses.mixup import MixupPrivacy
 from privbench.defenses.none import NoProxy
 from privbench.registry import create_task
@@ -25,24 +26,30 @@ def test_validation_subjects_are_public_and_never_victims(test_cfg):
     assert [s.subject for s in none.scans("train")] == [s.subject for s in task.scans("train")]
 
 
-def test_validating_changes_nothing_that_is_trained(test_cfg, tmp_path):
-    """Mixup draws keys to validate: from its own stream, so the weights stay bit-identical
-    (which is why train.validate_every is left out of the config hash)."""
+@pytest.mark.parametrize("defense, losses", [(MixupPrivacy, {"seg", "unmix"}), (DeformationProxy, {"seg", "disc"})])
+def test_validating_changes_nothing_that_is_trained(defense, losses, test_cfg, tmp_path):
+    """Mixup and deformation draw keys to validate: from their own stream, so every network's
+    weights stay bit-identical (which is why train.validate_every is left out of the config hash)."""
     task = create_task("mni-tissue", cfg=test_cfg)
     test_cfg.train.iterations = 4
     trained = {}
-    for every in (0, 1):
+    for every in (0, 2):
         test_cfg.train.validate_every = every
         torch.manual_seed(0)
-        defense = MixupPrivacy()
-        defense.fit(task, test_cfg, device=torch.device("cpu"), progress=False, workdir=tmp_path / str(every))
-        trained[every] = defense.net.state_dict()
+        made = defense()
+        made.fit(task, test_cfg, device=torch.device("cpu"), progress=False, workdir=tmp_path / str(every))
+        trained[every] = {f"{key}.{name}": value for key, obj in made.state.items()
+                          if isinstance(obj, torch.nn.Module) for name, value in obj.state_dict().items()}
+    assert len(trained[0]) > 0 and trained[0].keys() == trained[2].keys()
     for name, weights in trained[0].items():
-        assert torch.equal(weights, trained[1][name]), name
-    curve = pd.read_csv(tmp_path / "1" / convergence.CSV)
-    assert list(curve["iteration"]) == [1, 2, 3, 4] and curve["val_dice"].between(0, 1).all()
-    assert {"loss", "seg", "unmix", "val_dice_GM"} <= set(curve.columns)
+        assert torch.equal(weights, trained[2][name]), name
+    curve = pd.read_csv(tmp_path / "2" / convergence.CSV).set_index("iteration")
+    assert list(curve.index) == [1, 2, 3, 4] and list(curve["val_dice"].dropna().index) == [2, 4]
+    assert curve["val_dice"].dropna().between(0, 1).all() and {"loss", "val_dice_GM", *losses} <= set(curve.columns)
     assert "val_dice" not in pd.read_csv(tmp_path / "0" / convergence.CSV)
+
+
+def test_validation_leaves_the_config_hash_alone():
     changed = config.resolve("test", {"train.validate_every": 7, "task.validation_subjects": 1})
     assert config.config_hash(changed) == config.config_hash(config.resolve("test"))
 
