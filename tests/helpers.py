@@ -38,3 +38,19 @@ def gallery_cohort(cache_dir, **overrides):
         mp.setenv("PRIVBENCH_CACHE", str(cache_dir))
         cfg = config.resolve("test", {**GALLERY_COHORT, **overrides})
         return cfg, create_task("mni-tissue", cfg=cfg)
+
+
+def die_at_batch(monkeypatch, iteration):
+    """Make every PatchSampler raise KeyboardInterrupt (a killed run) when asked for batch
+    ``iteration``; returns a function that heals it."""
+    from privbench import engine
+
+    original = engine.PatchSampler.batch
+
+    def dying_batch(self, i):
+        if i == iteration:
+            raise KeyboardInterrupt
+        return original(self, i)
+
+    monkeypatch.setattr(engine.PatchSampler, "batch", dying_batch)
+    return lambda: monkeypatch.setattr(engine.PatchSampler, "batch", original)

@@ -9,6 +9,8 @@ from privbench.defenses.none import NoProxy
 from privbench.nets import SegmentationNet
 from privbench.registry import create_task
 
+from helpers import die_at_batch
+
 
 def test_patch_batches_depend_only_on_seed_and_iteration(test_cfg):
     task = create_task("mni-tissue", cfg=test_cfg)
@@ -34,18 +36,11 @@ def test_resumed_training_equals_uninterrupted(test_cfg, tmp_path, monkeypatch):
     report = straight.fit(task, test_cfg, device=device, progress=False, workdir=straight_dir)
     assert report.iterations == 4 and report.start_iteration == 0
 
-    original = engine.PatchSampler.batch
-
-    def dying_batch(self, iteration):
-        if iteration == 2:
-            raise KeyboardInterrupt
-        return original(self, iteration)
-
-    monkeypatch.setattr(engine.PatchSampler, "batch", dying_batch)
+    heal = die_at_batch(monkeypatch, 2)
     torch.manual_seed(0)
     with pytest.raises(KeyboardInterrupt):
         NoProxy().fit(task, test_cfg, device=device, progress=False, workdir=resumed_dir)
-    monkeypatch.setattr(engine.PatchSampler, "batch", original)
+    heal()
     torch.manual_seed(123)  # a different init must be overwritten by the checkpoint
     resumed = NoProxy()
     report = resumed.fit(task, test_cfg, device=device, progress=False, workdir=resumed_dir)

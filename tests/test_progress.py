@@ -5,11 +5,13 @@ import pandas as pd
 import pytest
 import torch
 
-from privbench import config, convergence, engine
+from privbench import config, convergence
 from privbench.defenses.deformation import DeformationProxy
 from privbench.defenses.mixup import MixupPrivacy
 from privbench.defenses.none import NoProxy
 from privbench.registry import create_task
+
+from helpers import die_at_batch
 
 
 def test_validation_subjects_are_public_and_never_victims(test_cfg):
@@ -59,19 +61,12 @@ def test_a_resumed_run_continues_its_curve(test_cfg, tmp_path, monkeypatch):
     test_cfg.train.iterations, test_cfg.train.checkpoint_every, test_cfg.train.validate_every = 4, 2, 1
     torch.manual_seed(0)
     NoProxy().fit(task, test_cfg, device=torch.device("cpu"), progress=False, workdir=tmp_path / "straight")
-    original = engine.PatchSampler.batch
-
-    def dying_batch(self, iteration):
-        if iteration == 3:
-            raise KeyboardInterrupt
-        return original(self, iteration)
-
-    monkeypatch.setattr(engine.PatchSampler, "batch", dying_batch)
+    heal = die_at_batch(monkeypatch, 3)
     torch.manual_seed(0)
     with pytest.raises(KeyboardInterrupt):
         NoProxy().fit(task, test_cfg, device=torch.device("cpu"), progress=False, workdir=tmp_path / "resumed")
     assert list(pd.read_csv(tmp_path / "resumed" / convergence.CSV)["iteration"]) == [1, 2]  # the checkpoint's
-    monkeypatch.setattr(engine.PatchSampler, "batch", original)
+    heal()
     NoProxy().fit(task, test_cfg, device=torch.device("cpu"), progress=False, workdir=tmp_path / "resumed")
     straight = pd.read_csv(tmp_path / "straight" / convergence.CSV)
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "resumed" / convergence.CSV), straight)
