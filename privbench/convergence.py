@@ -58,7 +58,8 @@ def figure(curve: pd.DataFrame, title: str) -> plt.Figure:
     for column in [c for c in curve.columns if c.startswith("val_dice")]:
         rows = curve.dropna(subset=[column])
         right.plot(rows["iteration"], rows[column], marker="o" if column == "val_dice" else None,
-                   lw=2 if column == "val_dice" else 0.8, label=column.removeprefix("val_dice_") or "mean")
+                   lw=2 if column == "val_dice" else 0.8,
+                   label="mean" if column == "val_dice" else column.removeprefix("val_dice_"))
     right.set(xlabel="iteration", ylabel="Dice", title="validation Dice", ylim=(0, 1))
     if right.lines:
         right.legend(fontsize=8)
