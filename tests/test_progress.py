@@ -101,3 +101,19 @@ def test_a_run_writes_its_curve_figure_and_verdict(tmp_path):
     assert section["validations"] == 2 and section["final_val_dice"] > 0
     assert result.card.files["progress_png"] == convergence.PNG
     assert result.card.summary[0].startswith("convergence: validation Dice")
+
+
+def test_a_run_shorter_than_one_interval_is_not_validated(tmp_path):
+    from privbench import engine
+    from privbench.config import TrainConfig
+
+    class Counter:
+        def batch(self, iteration):
+            return engine.Batch(torch.zeros(1), torch.zeros(1), [])
+
+    calls = []
+    for iterations in (3, 4):
+        cfg = TrainConfig(iterations=iterations, validate_every=4, checkpoint_every=100)
+        engine.train(lambda batch, i: {"loss": 1.0}, Counter(), cfg, state={}, device=torch.device("cpu"),
+                     workdir=tmp_path / str(iterations), progress=False, validate=lambda: calls.append(1) or {"v": 1.0})
+    assert len(calls) == 1  # the 4-iteration run, at its end

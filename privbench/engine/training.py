@@ -99,7 +99,7 @@ def train(step: Step, sampler: Sampler, cfg: TrainConfig, *, state: dict[str, An
 
     The training curve goes to ``workdir/<progress_file>`` with each checkpoint: the mean of
     each loss over every logging interval and, every ``cfg.validate_every`` iterations and at the
-    end, the scores ``validate()`` returns (it runs in eval mode without gradients, and the
+    end (in runs of at least that many iterations), the scores ``validate()`` returns (it runs in eval mode without gradients, and the
     modules' modes are restored, so training is the same with or without it; its seconds are
     not counted as training time).
     """
@@ -126,9 +126,9 @@ def train(step: Step, sampler: Sampler, cfg: TrainConfig, *, state: dict[str, An
 
     def validation(done: int) -> None:
         nonlocal paused
-        if validate is None or not writer or not cfg.validate_every or (
+        if validate is None or not writer or not cfg.validate_every or cfg.iterations < cfg.validate_every or (
                 done % cfg.validate_every and done < cfg.iterations):
-            return
+            return  # a run shorter than one validation interval is not validated (e.g. a smoke test)
         clock = time.perf_counter()
         modes = {key: obj.training for key, obj in state.items() if isinstance(obj, torch.nn.Module)}
         for key in modes:
