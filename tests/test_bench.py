@@ -15,15 +15,14 @@ def invoke(*args):
 def test_bench_writes_valid_json_with_a_row_per_configuration(tmp_path):
     out = tmp_path / "benchmark_result.json"
     result = invoke("bench", "--preset", "test", "-d", "none", "--steps", "2", "--warmup", "1", "-o", out,
-                    "--set", "train.channels_last=true")
+                    "--set", "train.channels_last=true", "--no-score-model")
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     env = data["environment"]
     assert env["device_type"] == "cpu" and env["torch"] and env["precision"] == "float32" and env["cuda"] is None
     assert data["settings"]["patch_size"] == 32 and data["settings"]["steps"] == 2
     rows = {(r["component"], r["variant"]): r for r in data["results"]}
-    assert set(rows) == {("none", "configured"), ("none", "fp32 eager"),
-                         ("bss-score", "configured"), ("bss-score", "fp32 eager")}
+    assert set(rows) == {("none", "configured"), ("none", "fp32 eager")}
     for row in rows.values():
         for key in ("step_it_per_s", "step_with_data_it_per_s", "batch_ms_main_thread", "peak_memory_mib",
                     "speedup_over_fp32_eager"):
@@ -31,7 +30,6 @@ def test_bench_writes_valid_json_with_a_row_per_configuration(tmp_path):
         assert isinstance(row["data_loading_starves"], bool) and row["workers"] == 0
     assert rows[("none", "fp32 eager")]["speedup_over_fp32_eager"] == 1.0
     assert rows[("none", "configured")]["infer_seconds_per_volume"] > 0
-    assert rows[("bss-score", "configured")]["infer_seconds_per_volume"] is None
     assert "written to" in result.output
 
 
