@@ -2,15 +2,42 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
 
 from privbench import config
 
 
+def pytest_configure(config):
+    """Under pytest-xdist each worker gets its share of the cores (two 2-thread torch processes on
+    2 cores run slower than one), and so do the processes its tests start."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(items):
+    """The tests that share the session's trained runs go to one xdist worker (``--dist
+    loadgroup``), so each run is trained once."""
+    for item in items:
+        if "trained_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("trained_run"))
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory):
-    """One cohort cache for the whole session (generation is the slow part)."""
-    return tmp_path_factory.mktemp("cache")
+    """One cohort cache for the whole session (generation is the slow part), shared by the
+    xdist workers: the cache writes atomically, so workers that generate the same cohort at once
+    both finish."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return tmp_path_factory.mktemp("cache")
+    shared = tmp_path_factory.getbasetemp().parent / "cache"
+    shared.mkdir(exist_ok=True)
+    return shared
 
 
 @pytest.fixture(autouse=True)
