@@ -142,7 +142,7 @@ PRESETS: dict[str, dict[str, Any]] = {  # run-level values; each section keeps i
         "task.spacing": 4.0, "task.n_subjects": 8, "task.min_scans": 2, "task.max_scans": 3,
         "task.reference_subjects": 2, "task.max_test_scans": 2,
         "train.iterations": 3, "train.batch_size": 2, "train.patch_size": 32,
-        "train.features": (8, 8, 16, 16, 32, 8), "train.checkpoint_every": 2,
+        "train.features": (4, 4, 8, 8, 16, 4), "train.checkpoint_every": 2,
         "train.validate_every": 0, "eval.sw_batch_size": 4,
     },
     # the default: a whole run in under ten minutes on two CPU cores (2 mm cohort)
@@ -151,7 +151,7 @@ PRESETS: dict[str, dict[str, Any]] = {  # run-level values; each section keeps i
     # and 3 public subjects with all their scans, and enough training for Dice to mean something
     "ci": {
         "task.n_subjects": 12, "task.test_fraction": 0.34, "task.public_fraction": 0.25,
-        "task.max_test_scans": 0, "train.iterations": 20,
+        "task.max_test_scans": 0, "train.iterations": 20, "train.features": (8, 8, 16, 16, 32, 8),
     },
     # the paper's settings (DESIGN.md): PPMI-sized cohort at 1 mm, 200k iterations, Adam 1e-4
     "paper": {

@@ -1,13 +1,10 @@
-import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from privbench import config
 from privbench.attacks import bss
 from privbench.attacks.base import execute
-from privbench.cli import app
 from privbench.defenses.mixup import MixupPrivacy
 from privbench.metrics import ms_ssim3d
 from privbench.mixing import mix
@@ -82,22 +79,16 @@ def test_the_separation_sees_only_mixtures_and_weights(mixup_client, tmp_path, m
     assert result.metrics["template_msssim"] == pytest.approx(float(expected), abs=1e-5)
 
 
-def test_bss_end_to_end_and_not_applicable_to_none(tmp_path):
-    runner = CliRunner()
-    result = runner.invoke(app, ["run", "--preset", "test", "--defense", "mixup", "--attack", "bss",
-                                 "--out", str(tmp_path), "--quiet"])
-    assert result.exit_code == 0, result.output
-    (card_path,) = tmp_path.glob("mni-tissue/mixup/*/card.json")
-    (entry,) = json.loads(card_path.read_text())["attacks"]
+def test_bss_in_a_full_run_and_not_applicable_to_none(trained_run):
+    """The session's test-preset runs (every attack on every defense): bss's card entry,
+    attacker checkpoint and figure on mixup, and its refusal on none."""
+    mixup = trained_run("mixup")
+    (entry,) = [e for e in mixup.card.attacks if e["attack"] == "bss"]
     assert entry["status"] == "done" and entry["settings"]["n_patches"] == 2
     assert 0 <= entry["metrics"]["msssim"] <= 1 and entry["metrics"]["oracle_msssim"] > 0.99
     assert [row["guess"] for row in entry["table"]] == [
         "bss (Langevin separation)", "mixture as guess", "public mean as guess", "oracle knowing the reference"]
-    assert len(list(card_path.parent.glob(f"attackers/bss-*/{bss.CHECKPOINT}"))) == 1
-    assert (card_path.parent / bss.FIGURE).exists()
-    none = runner.invoke(app, ["run", "--preset", "test", "--defense", "none", "--attack", "bss",
-                               "--out", str(tmp_path), "--quiet"])
-    assert none.exit_code == 0, none.output
-    (card_path,) = tmp_path.glob("mni-tissue/none/*/card.json")
-    (entry,) = json.loads(card_path.read_text())["attacks"]
+    assert len(list(mixup.run_dir.glob(f"attackers/bss-*/{bss.CHECKPOINT}"))) == 1
+    assert (mixup.run_dir / bss.FIGURE).exists()
+    (entry,) = [e for e in trained_run("none").card.attacks if e["attack"] == "bss"]
     assert entry["status"] == "not applicable" and "not none" in entry["reason"]
