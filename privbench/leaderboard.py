@@ -110,7 +110,7 @@ def write(board: Leaderboard, csv_path: str | Path, markdown_path: str | Path | 
     csv_path = Path(csv_path)
     markdown_path = Path(markdown_path) if markdown_path else csv_path.with_suffix(".md")
     shown = [c for c in board.table.columns if c not in TIMING_COLUMNS]
-    summary = board.seeds[[c for c in board.seeds.columns if c in seeds.GROUP_COLUMNS + ["runs", "seeds"]
+    summary = board.seeds[[c for c in board.seeds.columns if c in seeds.SUMMARY_IDS
                            or c.rsplit("_", 1)[0] in shown]] if not board.seeds.empty else board.seeds
     write_text_atomic(csv_path, board.table.to_csv(index=False))
     write_text_atomic(csv_path.with_name(f"{csv_path.stem}-worst-case.csv"), board.worst.to_csv(index=False))

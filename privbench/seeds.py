@@ -1,7 +1,9 @@
 """Runs that differ only in their seed, summarised: one seed is an anecdote, not a result.
 
-The leaderboard groups its rows by task, defense, variant, attacks, preset and **setting** (the
-config hash of the run with its seed set aside, :func:`setting`) and reports, for every numeric
+The leaderboard groups its rows by task, defense, variant, preset and **setting** (the config
+hash of the run with its seed and its list of attacks set aside, :func:`setting`; attacks added
+to a finished run or run in another call train nothing and change no Dice, so a seed's run joins
+its group whichever attacks it has; the attacks' own settings still count) and reports, for every numeric
 column, the mean, the sample standard deviation, the number of runs that have it and the
 half-width of a two-sided 95% confidence interval of the mean from Student's t distribution
 (``t(0.975, n-1) * std / sqrt(n)``; MLPerf and RobustBench report several seeds the same way).
@@ -19,23 +21,27 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-GROUP_COLUMNS = ["task", "defense", "variant", "attack", "preset", "setting"]
+GROUP_COLUMNS = ["task", "defense", "variant", "preset", "setting"]
 NOT_METRICS = {"seed", "config_hash", "run_id", "setting"}
 STATISTICS = ("mean", "std", "n", "ci95")
+SUMMARY_IDS = GROUP_COLUMNS + ["attack", "runs", "seeds"]  # the summary's identifying columns
 
 
 def setting(config: dict[str, Any]) -> str:
-    """The config hash of a card's config with the seed set aside: runs with equal settings
-    differ only in their seed. A config this code cannot rebuild (an unknown plugin's, an old
-    card's) is hashed as written, without its seed and device."""
+    """The config hash of a card's config with the seed and the list of attacks set aside (hashed
+    as if every registered attack had run, so each attack's section counts whether it ran or
+    not): runs with equal settings differ only in their seed and which attacks they hold. A
+    config this code cannot rebuild (an unknown plugin's, an old card's) is hashed as written,
+    without its seed, device and attack list."""
     from privbench.config import config_hash, from_dict
+    from privbench.registry import list_attacks
 
     try:
         cfg = from_dict(config)
-        cfg.seed = 0
+        cfg.seed, cfg.attacks = 0, tuple(list_attacks())
         return config_hash(cfg)
     except Exception:  # noqa: BLE001  (anything from_dict cannot read: hash the plain data)
-        plain = {k: v for k, v in config.items() if k not in ("seed", "device")}
+        plain = {k: v for k, v in config.items() if k not in ("seed", "device", "attacks")}
         return "raw-" + hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
@@ -52,20 +58,23 @@ def interval(values: Any) -> dict[str, float]:
 
 def metric_columns(table: pd.DataFrame) -> list[str]:
     """The numeric columns that are measurements (not identifiers)."""
-    return [c for c in table.columns if c not in NOT_METRICS and c not in GROUP_COLUMNS
+    return [c for c in table.columns if c not in NOT_METRICS and c not in SUMMARY_IDS
             and pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c])]
 
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per group of runs that differ only in seed: the group's columns, ``runs``,
-    ``seeds`` and ``<metric>_mean``, ``_std``, ``_n``, ``_ci95`` for every metric."""
+    """One row per group of runs that differ only in seed: the group's columns, ``attack`` (every
+    attack any of its runs holds), ``runs``, ``seeds`` and ``<metric>_mean``, ``_std``, ``_n``,
+    ``_ci95`` for every metric (``_n`` counts the runs that have it)."""
     if table.empty or not set(GROUP_COLUMNS) <= set(table.columns):
-        return pd.DataFrame(columns=GROUP_COLUMNS + ["runs", "seeds"])
+        return pd.DataFrame(columns=SUMMARY_IDS)
     metrics = metric_columns(table)
     rows = []
     for keys, group in table.groupby(GROUP_COLUMNS, sort=False, dropna=False):
         row: dict[str, Any] = dict(zip(GROUP_COLUMNS, keys))
-        row |= {"runs": len(group), "seeds": ",".join(str(s) for s in sorted(group["seed"].unique()))}
+        held = (name for listed in group["attack"].fillna("") for name in listed.split(",") if name)
+        row |= {"attack": ",".join(dict.fromkeys(held)), "runs": len(group),
+                "seeds": ",".join(str(s) for s in sorted(group["seed"].unique()))}
         for metric in metrics:
             summary = interval(pd.to_numeric(group[metric], errors="coerce").tolist())
             if summary["n"]:
@@ -93,7 +102,7 @@ def to_markdown(summary: pd.DataFrame, metrics: list[str] | None = None, digits:
         return "(no runs)\n"
     found = list(dict.fromkeys(c.rsplit("_", 1)[0] for c in summary.columns if c.endswith("_mean")))
     metrics = [m for m in (metrics or found) if f"{m}_mean" in summary.columns]
-    ids = [c for c in GROUP_COLUMNS if c != "setting"] + ["runs", "seeds"]
+    ids = [c for c in SUMMARY_IDS if c != "setting"]
     lines = ["| " + " | ".join(ids + metrics) + " |", "|" + "---|" * (len(ids) + len(metrics))]
     for _, row in summary.iterrows():
         lines.append("| " + " | ".join([*(str(row[c]) if not pd.isna(row[c]) else "" for c in ids),

@@ -29,6 +29,16 @@ def test_the_setting_is_the_config_hash_without_the_seed():
     assert seeds.setting({"seed": 1, "odd": 2}) == seeds.setting({"seed": 2, "odd": 2}) != seeds.setting({"odd": 3})
 
 
+def test_a_seeds_run_joins_its_group_whichever_attacks_it_holds():
+    """Attacks train nothing and change no Dice: the list of attacks run is set aside, the
+    attacks' own settings are not."""
+    plain = config.to_dict(config.resolve("quick", defense="mixup", seed=0))
+    attacked = config.to_dict(config.resolve("quick", defense="mixup", seed=1, attacks=("reid", "bss")))
+    observing = config.to_dict(config.resolve("quick", ["attack.reid.observe=output"], defense="mixup", seed=2))
+    assert seeds.setting(plain) == seeds.setting(attacked) != seeds.setting(observing)
+    assert seeds.setting({"seed": 1, "attacks": ["reid"], "odd": 2}) == seeds.setting({"seed": 2, "odd": 2})
+
+
 def _card(seed, dice, f1, lr=1e-3, defense="mixup"):
     card = v2_card(run_id=f"20261201-00000{seed}-0123456789ab", defense=defense, seed=seed)
     card.config = config.to_dict(config.resolve("quick", [f"train.lr={lr}"], defense=defense, seed=seed))
@@ -52,6 +62,7 @@ def test_the_leaderboard_summarises_runs_that_differ_only_in_seed(tmp_path):
     assert three["dice_mean_ci95"] == pytest.approx(stats.t.ppf(0.975, 2) * 0.1 / math.sqrt(3))
     assert three["reid_f1_n"] == 2 and three["reid_f1_mean"] == pytest.approx(0.3)  # the run without it is not counted
     assert len(board.seeds) == 3 and "seed_mean" not in board.seeds.columns
+    assert three["attack"] == "reid"  # every attack any run of the group holds
     leaderboard.write(board, tmp_path / "board.csv")
     text = (tmp_path / "board.md").read_text()
     assert "### Over seeds" in text and "0.800 ± 0.248" in text and "0.300 ± 1.271 (n=2)" in text
