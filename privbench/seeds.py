@@ -1,12 +1,12 @@
 """Runs that differ only in their seed, summarised: one seed is an anecdote, not a result.
 
 The leaderboard groups its rows by task, defense, variant, preset and **setting** (the config
-hash of the run with its seed and its list of attacks set aside, :func:`setting`; attacks added
-to a finished run or run in another call train nothing and change no Dice, so a seed's run joins
-its group whichever attacks it has; the attacks' own settings still count) and reports, for every numeric
-column, the mean, the sample standard deviation, the number of runs that have it and the
-half-width of a two-sided 95% confidence interval of the mean from Student's t distribution
-(``t(0.975, n-1) * std / sqrt(n)``; MLPerf and RobustBench report several seeds the same way).
+hash of the run with its seed and its list of attacks set aside, :func:`setting`: attacks train
+nothing and change no Dice, so a seed's run joins its group whichever attacks it holds, while
+the attacks' own settings still count) and reports, for every numeric column, the mean, the
+sample standard deviation, the number of runs that have it and the half-width of a two-sided 95%
+confidence interval of the mean from Student's t distribution (``t(0.975, n-1) * std /
+sqrt(n)``; MLPerf and RobustBench report several seeds the same way).
 With one run there is no spread: std and interval are left empty, never shown as 0.
 """
 
