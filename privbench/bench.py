@@ -24,6 +24,7 @@ import torch
 
 from privbench import engine, precision
 from privbench.config import RunConfig
+from privbench.defenses.base import TrainedDefense
 from privbench.errors import PrivbenchError
 from privbench.registry import create_defense, create_task, list_defenses
 
@@ -77,7 +78,7 @@ def _differs(a: RunConfig, b: RunConfig) -> bool:
 def _defense(name: str, task: Any, cfg: RunConfig, device: torch.device, steps: int,
              warmup: int) -> dict[str, Any] | None:
     defense = create_defense(name)
-    if not hasattr(defense, "setup"):
+    if not isinstance(defense, TrainedDefense):
         return None  # nothing trained
     torch.manual_seed(cfg.seed)
     _reset_peak(device)
