@@ -76,8 +76,10 @@ def test_the_cli_prints_a_summary_and_exits_1_on_a_failed_cell(swept, monkeypatc
     assert result.exit_code == 1 and "1 failed" in result.output
 
 
-def test_the_same_sweep_runs_on_a_local_ray(swept):
+def test_the_same_sweep_runs_on_a_local_ray(swept, monkeypatch):
     pytest.importorskip("ray")
+    # Ray nices its workers (15): beside the other xdist worker they would wait for a free core
+    monkeypatch.setenv("RAY_worker_niceness", "0")
     out, first = swept
     grid = sweep.Grid(defenses=["none", "deformation"], seeds=[0, 1, 3], preset="test", sets=FAST)
     outcomes = sweep.run(grid, out, engine="ray", cpus_per_cell=1)
