@@ -18,17 +18,19 @@ PRIVACY_LOSS = "worst_identity_top1"  # higher: the attacker names more patients
 def points(summary: pd.DataFrame) -> pd.DataFrame:
     """One point per row of a seeds summary (:func:`privbench.seeds.summarise`) that has both a
     Dice and a worst-case identity number: ``label``, ``task``, ``preset``, ``dice``, ``dice_err``,
-    ``attack``, ``attack_err`` (95% CI half-widths, 0 with one run) and ``runs``, with
+    ``attack``, ``attack_err`` (95% CI half-widths, 0 with one run), ``runs`` and ``attacked``
+    (the runs behind the worst case: those that hold every attack of the group), with
     ``pareto`` marking the front within each task and preset."""
     need = [f"{UTILITY}_mean", f"{PRIVACY_LOSS}_mean"]
-    columns = ["label", "task", "preset", "dice", "dice_err", "attack", "attack_err", "runs", "pareto"]
+    columns = ["label", "task", "preset", "dice", "dice_err", "attack", "attack_err", "runs", "attacked", "pareto"]
     if summary.empty or not set(need) <= set(summary.columns):
         return pd.DataFrame(columns=columns)
     rows = summary.dropna(subset=need)
     err = lambda column: rows[column].fillna(0.0) if column in rows else 0.0  # noqa: E731
     out = pd.DataFrame({"label": rows["defense"] + "/" + rows["variant"].astype(str), "task": rows["task"],
                         "preset": rows["preset"], "dice": rows[need[0]], "dice_err": err(f"{UTILITY}_ci95"),
-                        "attack": rows[need[1]], "attack_err": err(f"{PRIVACY_LOSS}_ci95"), "runs": rows["runs"]})
+                        "attack": rows[need[1]], "attack_err": err(f"{PRIVACY_LOSS}_ci95"), "runs": rows["runs"],
+                        "attacked": rows.get(f"{PRIVACY_LOSS}_n", rows["runs"])})
     out["pareto"] = False
     for _, group in out.groupby(["task", "preset"]):
         out.loc[pareto_front(group), "pareto"] = True
@@ -55,7 +57,7 @@ def figure(points: pd.DataFrame) -> plt.Figure:
     for ax, ((task, preset), group) in zip(axes[0], groups):
         for k, p in enumerate(group.itertuples()):
             ax.errorbar(p.attack, p.dice, xerr=p.attack_err, yerr=p.dice_err, fmt="o", color=f"C{k % 10}",
-                        capsize=3, label=f"{p.label} (n={p.runs})")
+                        capsize=3, label=f"{p.label} (n={p.runs}" + ("" if p.attacked == p.runs else f", worst case n={p.attacked:.0f}") + ")")
         front = group[group.pareto].sort_values("attack")
         ax.plot(front.attack, front.dice, "k--", lw=1, label="Pareto front")
         ax.scatter(front.attack, front.dice, s=160, facecolors="none", edgecolors="k")

@@ -25,6 +25,9 @@ GROUP_COLUMNS = ["task", "defense", "variant", "preset", "setting"]
 NOT_METRICS = {"seed", "config_hash", "run_id", "setting"}
 STATISTICS = ("mean", "std", "n", "ci95")
 SUMMARY_IDS = GROUP_COLUMNS + ["attack", "runs", "seeds"]  # the summary's identifying columns
+# the worst case over the attacks a run holds: averaged only over the group's runs that hold every
+# attack any of them holds, so a seed attacked by fewer (weaker) attackers cannot look private
+WORST_PREFIX = "worst_"
 
 
 def setting(config: dict[str, Any]) -> str:
@@ -65,18 +68,23 @@ def metric_columns(table: pd.DataFrame) -> list[str]:
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
     """One row per group of runs that differ only in seed: the group's columns, ``attack`` (every
     attack any of its runs holds), ``runs``, ``seeds`` and ``<metric>_mean``, ``_std``, ``_n``,
-    ``_ci95`` for every metric (``_n`` counts the runs that have it)."""
+    ``_ci95`` for every metric (``_n`` counts the runs that have it; for the worst-case columns,
+    only the runs that hold all of ``attack``)."""
     if table.empty or not set(GROUP_COLUMNS) <= set(table.columns):
         return pd.DataFrame(columns=SUMMARY_IDS)
     metrics = metric_columns(table)
     rows = []
     for keys, group in table.groupby(GROUP_COLUMNS, sort=False, dropna=False):
         row: dict[str, Any] = dict(zip(GROUP_COLUMNS, keys))
-        held = (name for listed in group["attack"].fillna("") for name in listed.split(",") if name)
-        row |= {"attack": ",".join(dict.fromkeys(held)), "runs": len(group),
+        sets = group["attack"].fillna("").map(lambda listed: frozenset(filter(None, listed.split(","))))
+        held = frozenset().union(*sets)
+        order = (name for listed in group["attack"].fillna("") for name in listed.split(",") if name)
+        row |= {"attack": ",".join(dict.fromkeys(order)), "runs": len(group),
                 "seeds": ",".join(str(s) for s in sorted(group["seed"].unique()))}
+        complete = group[sets == held]  # the worst case depends on which attacks ran
         for metric in metrics:
-            summary = interval(pd.to_numeric(group[metric], errors="coerce").tolist())
+            runs = complete if metric.startswith(WORST_PREFIX) else group
+            summary = interval(pd.to_numeric(runs[metric], errors="coerce").tolist())
             if summary["n"]:
                 row |= {f"{metric}_{k}": v for k, v in summary.items()}
         rows.append(row)

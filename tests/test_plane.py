@@ -46,3 +46,11 @@ def test_the_leaderboard_draws_the_plane_beside_the_csv(tmp_path):
     figure = plane.figure(plane.points(board.seeds))
     labels = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
     assert sorted(labels) == ["Pareto front", "mixup/learned (n=2)", "none/learned (n=1)"]
+
+
+def test_a_worst_case_from_fewer_runs_says_so_in_the_legend():
+    summary = _summary([("mixup", 3, 0.65, 0.02, 0.975)]).assign(worst_identity_top1_n=1)
+    points = plane.points(summary)
+    assert points.attacked.tolist() == [1]
+    labels = [t.get_text() for t in plane.figure(points).axes[0].get_legend().get_texts()]
+    assert "mixup/default (n=3, worst case n=1)" in labels

@@ -39,6 +39,18 @@ def test_a_seeds_run_joins_its_group_whichever_attacks_it_holds():
     assert seeds.setting({"seed": 1, "attacks": ["reid"], "odd": 2}) == seeds.setting({"seed": 2, "odd": 2})
 
 
+def test_the_worst_case_is_averaged_over_the_runs_that_hold_every_attack():
+    """A seed attacked only by reid must not pull the group's worst case down to reid's number."""
+    same = {"task": "mni-tissue", "defense": "mixup", "variant": "learned", "preset": "quick", "setting": "s"}
+    table = pd.DataFrame([{**same, "seed": 0, "attack": "reid,linkage", "reid_top1": 0.5, "worst_identity_top1": 0.9},
+                          {**same, "seed": 1, "attack": "reid", "reid_top1": 0.3, "worst_identity_top1": 0.3},
+                          {**same, "seed": 2, "attack": "linkage,reid", "reid_top1": 0.4, "worst_identity_top1": 0.8}])
+    (row,) = [r for _, r in seeds.summarise(table).iterrows()]
+    assert row["attack"] == "reid,linkage" and row["runs"] == 3 and row["seeds"] == "0,1,2"
+    assert row["reid_top1_n"] == 3 and row["reid_top1_mean"] == pytest.approx(0.4)
+    assert row["worst_identity_top1_n"] == 2 and row["worst_identity_top1_mean"] == pytest.approx(0.85)
+
+
 def _card(seed, dice, f1, lr=1e-3, defense="mixup"):
     card = v2_card(run_id=f"20261201-00000{seed}-0123456789ab", defense=defense, seed=seed)
     card.config = config.to_dict(config.resolve("quick", [f"train.lr={lr}"], defense=defense, seed=seed))
