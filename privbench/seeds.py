@@ -76,12 +76,11 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for keys, group in table.groupby(GROUP_COLUMNS, sort=False, dropna=False):
         row: dict[str, Any] = dict(zip(GROUP_COLUMNS, keys))
-        sets = group["attack"].fillna("").map(lambda listed: frozenset(filter(None, listed.split(","))))
-        held = frozenset().union(*sets)
-        order = (name for listed in group["attack"].fillna("") for name in listed.split(",") if name)
-        row |= {"attack": ",".join(dict.fromkeys(order)), "runs": len(group),
+        lists = group["attack"].fillna("").map(lambda listed: [name for name in listed.split(",") if name])
+        held = dict.fromkeys(name for names in lists for name in names)  # every attack, in order
+        row |= {"attack": ",".join(held), "runs": len(group),
                 "seeds": ",".join(str(s) for s in sorted(group["seed"].unique()))}
-        complete = group[sets == held]  # the worst case depends on which attacks ran
+        complete = group[lists.map(lambda names: set(names) == set(held))]  # the worst case depends on them
         for metric in metrics:
             runs = complete if metric.startswith(WORST_PREFIX) else group
             summary = interval(pd.to_numeric(runs[metric], errors="coerce").tolist())
