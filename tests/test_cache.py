@@ -14,7 +14,7 @@ from privbench import config
 from privbench.errors import PrivbenchError
 from privbench.registry import create_task
 from privbench.tasks import mni
-from privbench.tasks.cache import file_records, first_damaged, remove_stale_temporaries
+from privbench.tasks.cache import atomic_folder, file_records, first_damaged, remove_stale_temporaries
 
 
 def small(tmp_path):
@@ -77,3 +77,27 @@ def test_kill_9_during_generation_leaves_nothing_after_the_next_run(tmp_path):
     assert not left.exists() and not list(folder.parent.glob("*.tmp-*"))
     files = json.loads((folder / "manifest.json").read_text())["files"]
     assert len(mni.read_manifest(folder)["scans"]) == len(files) // 2  # an image and a label each
+
+
+def _has_done(folder):
+    return (folder / "done").is_file()
+
+
+def test_a_complete_entry_another_process_put_in_place_first_is_kept(tmp_path):
+    final = tmp_path / "entry"
+    with atomic_folder(final, "test cache", complete=_has_done) as tmp:
+        (tmp / "done").write_text("second")
+        final.mkdir()  # another worker finishes the same entry first; readers may be using it
+        (final / "done").write_text("first")
+    assert (final / "done").read_text() == "first"
+    assert not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_an_incomplete_entry_in_the_way_is_replaced(tmp_path):
+    final = tmp_path / "entry"
+    final.mkdir()
+    (final / "partial").write_text("left by older code")
+    with atomic_folder(final, "test cache", complete=_has_done) as tmp:
+        (tmp / "done").write_text("new")
+    assert sorted(p.name for p in final.iterdir()) == ["done"]
+    assert not list(tmp_path.glob("*.tmp-*"))

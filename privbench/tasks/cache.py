@@ -9,13 +9,14 @@ good one. Temporary folders of processes that died (``kill -9``) are removed by 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
 import shutil
 import socket
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from privbench.config import TaskConfig
 from privbench.errors import PrivbenchError
@@ -33,10 +34,15 @@ def cache_root(cfg: TaskConfig) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_folder(final: Path, what: str) -> Iterator[Path]:
+def atomic_folder(final: Path, what: str, complete: Callable[[Path], bool]) -> Iterator[Path]:
     """A fresh temporary sibling of ``final`` to fill; renamed to ``final`` when the block ends
     without error, removed when it fails (stale siblings of dead processes are removed first).
-    Write errors become one line naming ``what``."""
+    Write errors become one line naming ``what``.
+
+    Processes that fill the same entry at once (test workers sharing a cache) all succeed: the
+    first rename wins and the others discard their copy, since removing a folder that
+    ``complete`` accepts would pull files from under its readers. Only a folder ``complete``
+    rejects (damaged, or left by older code) is replaced."""
     tmp = final.with_name(f"{final.name}.tmp-{socket.gethostname()}-{os.getpid()}")
     try:
         try:
@@ -45,13 +51,27 @@ def atomic_folder(final: Path, what: str) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
             yield tmp
-            shutil.rmtree(final, ignore_errors=True)  # an incomplete folder left by an older failure
-            tmp.rename(final)
+            _put_in_place(tmp, final, complete)
         except OSError as exc:
             raise PrivbenchError(f"cannot write the {what} under {final.parent}: {exc}") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _put_in_place(tmp: Path, final: Path, complete: Callable[[Path], bool]) -> None:
+    """Rename ``tmp`` to ``final`` unless a complete ``final`` is already there."""
+    try:
+        tmp.rename(final)  # atomic; refused while final is a folder with files
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+    if complete(final):
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
 
 
 def file_records(folder: Path) -> dict[str, dict[str, object]]:

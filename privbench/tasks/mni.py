@@ -267,7 +267,7 @@ def build_cohort(cfg: TaskConfig, cohort: Cohort = TISSUE) -> Path:
         remove_stale_temporaries(final.parent)  # a miss removes them as it writes (atomic_folder)
         return final
     template = load_template(cfg.spacing)
-    with atomic_folder(final, "cohort cache") as tmp:
+    with atomic_folder(final, "cohort cache", complete=_readable) as tmp:
         root = np.random.SeedSequence(cfg.cohort_seed)
         files = []
         for index, seq in enumerate(root.spawn(cfg.n_subjects)):
@@ -288,6 +288,15 @@ def build_cohort(cfg: TaskConfig, cohort: Cohort = TISSUE) -> Path:
                     "scans": files, "files": file_records(tmp)}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return final
+
+
+def _readable(folder: Path) -> bool:
+    """Whether ``folder`` is a complete, undamaged cohort (as :func:`read_manifest` checks)."""
+    try:
+        read_manifest(folder)
+    except PrivbenchError:
+        return False
+    return True
 
 
 def read_manifest(folder: Path) -> dict:

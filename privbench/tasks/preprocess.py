@@ -165,7 +165,7 @@ def cached(root: Path, image_path: Path, label_path: Path, settings: Settings) -
         return files
     image, label = preprocess(image_path, label_path, settings)
     affine = image.affine.numpy()
-    with atomic_folder(folder, "preprocessing cache") as tmp:
+    with atomic_folder(folder, "preprocessing cache", complete=_complete) as tmp:
         nib.save(nib.Nifti1Image(image.numpy().astype(np.float32), affine), tmp / "image.nii")
         nib.save(nib.Nifti1Image(label.numpy(), affine), tmp / "label.nii")
         entry = {"image": str(image_path), "label": str(label_path), "files": file_records(tmp)}
