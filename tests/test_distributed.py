@@ -76,3 +76,24 @@ def test_a_batch_that_does_not_divide_among_the_ranks_is_refused(monkeypatch):
     with pytest.raises(PrivbenchError, match="train.batch_size 2 does not divide among 3 processes"):
         distributed.require_divisible(2)
     distributed.require_divisible(6)
+
+
+def test_an_optimizer_trained_twice_averages_each_step_once(monkeypatch, tmp_path):
+    """A second engine.train on the same optimizer (a defense's next phase) adds no second hook."""
+    import torch.distributed as dist
+
+    from privbench.engine import distributed
+
+    calls = []
+    monkeypatch.setattr(distributed, "_average_gradients", lambda *args: calls.append(args))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        net = torch.nn.Linear(3, 1)
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+        for _ in range(2):
+            distributed.synchronise({"net": net, "optimizer": optimizer})
+        net(torch.ones(2, 3)).sum().backward()
+        optimizer.step()
+    finally:
+        dist.destroy_process_group()
+    assert len(calls) == 1

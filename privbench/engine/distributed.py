@@ -64,15 +64,20 @@ def share_of(batch: Any) -> Any:
     return share(batch, rank(), world()) if world() > 1 else batch
 
 
+_AVERAGING = "_privbench_averages_gradients"  # marks an optimizer whose hook is in place
+
+
 def synchronise(state: dict[str, Any]) -> None:
     """Give every rank rank 0's weights, and make every optimizer in ``state`` average its
-    gradients over the ranks before it steps."""
+    gradients over the ranks before it steps. An optimizer gets its hook once, however often
+    it is trained (a defense's phases, an attack refitted), so no step is averaged twice."""
     for obj in state.values():
         if isinstance(obj, torch.nn.Module):
             for tensor in [*obj.parameters(), *obj.buffers()]:
                 dist.broadcast(tensor.data, src=0)
-        elif isinstance(obj, torch.optim.Optimizer):
+        elif isinstance(obj, torch.optim.Optimizer) and not getattr(obj, _AVERAGING, False):
             obj.register_step_pre_hook(_average_gradients)
+            setattr(obj, _AVERAGING, True)
 
 
 def _average_gradients(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
