@@ -17,15 +17,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from privbench import bench as benchmarks
-from privbench import card as cards
 from privbench import config as configs
-from privbench import leaderboard as boards
-from privbench import regress as gate
-from privbench import sweep as sweeps
-from privbench import runner
 from privbench.errors import Interrupted, NonFiniteError, PrivbenchError
 from privbench.registry import DEFENSES, REGISTRIES
+
+# Each command imports the modules that do its work (torch, MONAI, matplotlib behind them)
+# when it runs, so `privbench --help` and a mistyped option answer at once.
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Benchmark and privacy audit of privacy-preserving 3D segmentation.")
@@ -81,6 +78,8 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train a defense on a task, evaluate it, and write a result card."""
+    from privbench import runner
+
     cfg = configs.resolve(preset, overrides, **{"task.name": task, "defense": defense, "seed": seed,
                                                 "device": device, "attacks": tuple(attack) or None})
     result = runner.run(cfg, out=out, resume=resume, progress=not quiet)
@@ -96,10 +95,12 @@ def attack_(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Run attacks against a finished run's trained defense and add them to its card."""
+    from privbench import runner
+
     _print_card(runner.attack(run_dir, attack, progress=not quiet))
 
 
-def _print_card(result: runner.RunResult) -> None:
+def _print_card(result: "runner.RunResult") -> None:  # noqa: F821 (imported by the commands)
     card = result.card
     table = Table(title=f"{card.task} / {card.defense}  (preset {card.preset}, seed {card.seed})")
     table.add_column("variant")
@@ -192,6 +193,8 @@ def leaderboard(
                                           help="Keep only these metric columns, e.g. dice_mean,reid_f1,reid_map."),
 ) -> None:
     """Collect every result card under ROOT into a CSV and a Markdown table."""
+    from privbench import leaderboard as boards
+
     board = boards.collect(root)
     for path, reason in board.unreadable:
         errors.print(f"[yellow]warning:[/] skipped {path}: {reason}", highlight=False, soft_wrap=True)
@@ -221,6 +224,8 @@ def sweep(
 ) -> None:
     """Run a grid of runs; finished cells are skipped, unfinished ones resume, failed ones are
     listed; exit 1 if a cell failed."""
+    from privbench import sweep as sweeps
+
     grid = sweeps.load_grid(grid_file) if grid_file else sweeps.Grid()
     for name, values in (("tasks", task), ("defenses", defense), ("attacks", attack), ("seeds", seed)):
         if values:
@@ -251,9 +256,14 @@ def bench(
     steps: int = typer.Option(10, "--steps", help="Timed training steps per measurement."),
     warmup: int = typer.Option(2, "--warmup", help="Untimed steps first."),
     score_model: bool = typer.Option(True, "--score-model/--no-score-model", help="Also the bss score model."),
-    output: Path = typer.Option(Path(benchmarks.RESULT), "--output", "-o", help="JSON to write."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="JSON to write (default: "
+                                          "benchmark_result.json)."),
 ) -> None:
     """Training and inference speed of each defense on this machine -> benchmark_result.json."""
+    from privbench import bench as benchmarks
+    from privbench import card as cards
+
+    output = output or Path(benchmarks.RESULT)
     cfg = configs.resolve(preset, overrides, device=device)
     for name in defense:
         DEFENSES.get(name)
@@ -287,6 +297,8 @@ def regress(
 ) -> None:
     """Run the ci suite (or read --cards) and compare every headline number with the baseline
     cards; exit 1 if one moved outside its tolerance or is missing."""
+    from privbench import regress as gate
+
     began = time.perf_counter()
     current = gate.load_cards(cards) if cards else gate.run_suite(out, progress=not quiet)
     if update:

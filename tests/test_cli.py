@@ -261,3 +261,16 @@ def test_two_concurrent_runs_into_one_folder_both_finish(tmp_path, cache_dir):
     cards = sorted(tmp_path.glob("mni-tissue/none/*/card.json"))
     assert len(cards) == 2 and len({c.parent.name for c in cards}) == 2
     assert not list(tmp_path.rglob("*.tmp*"))
+
+
+def test_help_answers_without_importing_torch_or_monai():
+    """`privbench --help` and option errors must not wait seconds for the numerical stack."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from typer.testing import CliRunner; from privbench.cli import app; "
+            "r = CliRunner().invoke(app, ['run', '--help']); assert r.exit_code == 0, r.output; "
+            "print(sorted(m for m in ('torch', 'monai', 'matplotlib', 'pandas') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
