@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from privbench import config
+from privbench import config, precision
 
 
 def pytest_configure(config):
@@ -26,6 +26,14 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "trained_run" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("trained_run"))
+
+
+@pytest.fixture(autouse=True)
+def cpu_without_native_bfloat16(monkeypatch):
+    """Every test runs in float32 on whatever CPU runs it (Intel with AMX, AMD with AVX512-BF16
+    whose bfloat16 gives NaN, or neither), so the numbers tests compare do not depend on the
+    machine; test_precision.py simulates the CPUs that have bfloat16 units."""
+    monkeypatch.setattr(precision, "cpu_has_native_bfloat16", lambda: False)
 
 
 @pytest.fixture(scope="session")
