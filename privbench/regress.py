@@ -28,14 +28,25 @@ SPEED = ("train_it_per_s", "infer_seconds_per_volume")
 REFERENCE = "none"  # speeds are ratios to this defense's, measured in the same run
 
 
+# Dice tolerance of defenses whose training amplifies float32 rounding: privacy-net's min-max
+# game, 20 iterations from its start, gave WM Dice 0.397 on an AMD EPYC without AVX512 and 0.482
+# (deterministic, twice) on one with AVX512 at the same code, while the other defenses matched
+# to the third digit.
+DICE_TOLERANCE_BY_DEFENSE = {"privacy-net": 0.15}
+
+
 def tolerance(metric: str) -> tuple[float, str]:
-    """The allowed change of a metric and its kind: Dice and MS-SSIM move with the CPU and its
-    thread count (about ±0.01 on the quick preset), identity rates on ten requests move in
-    steps of 0.1, speed ratios with the load on a shared machine."""
-    leaf = metric.rsplit("/", 1)[-1]
+    """The allowed change of a metric (``<task>/<defense>/<preset>/.../<name>``) and its kind:
+    Dice and MS-SSIM move with the CPU and its thread count (about ±0.01 on the quick preset;
+    more for :data:`DICE_TOLERANCE_BY_DEFENSE`), identity rates on ten requests move in steps
+    of 0.1, speed ratios with the load on a shared machine."""
+    parts = metric.split("/")
+    leaf = parts[-1]
     if leaf.startswith("speed_"):  # a ratio may halve or double: beyond that, something changed
         return 1.0, "relative"
-    if "dice" in leaf or "msssim" in leaf or "ssim" in leaf:
+    if "dice" in leaf:
+        return DICE_TOLERANCE_BY_DEFENSE.get(parts[1] if len(parts) > 2 else "", 0.05), "absolute"
+    if "msssim" in leaf or "ssim" in leaf:
         return 0.05, "absolute"
     return 0.25, "absolute"
 
