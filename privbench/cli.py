@@ -11,7 +11,7 @@ import functools
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -20,6 +20,9 @@ from rich.table import Table
 from privbench import config as configs
 from privbench.errors import Interrupted, NonFiniteError, PrivbenchError
 from privbench.registry import DEFENSES, REGISTRIES
+
+if TYPE_CHECKING:
+    from privbench.runner import RunResult
 
 # Each command imports the modules that do its work (torch, MONAI, matplotlib behind them)
 # when it runs, so `privbench --help` and a mistyped option answer at once.
@@ -100,7 +103,7 @@ def attack_(
     _print_card(runner.attack(run_dir, attack, progress=not quiet))
 
 
-def _print_card(result: "runner.RunResult") -> None:  # noqa: F821 (imported by the commands)
+def _print_card(result: RunResult) -> None:
     card = result.card
     table = Table(title=f"{card.task} / {card.defense}  (preset {card.preset}, seed {card.seed})")
     table.add_column("variant")
