@@ -72,6 +72,7 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
     attackers = [create_attack(name) for name in cfg.attacks]
     check_requirements(task, cfg, defense)
     chosen = precision.choose(device, cfg.train.amp)
+    started_with = cards.environment(device)  # the code and libraries as the run starts, not as it ends
     if lead:
         run_dir = run_dir or cards.new_run_dir(Path(out), cfg.task.name, cfg.defense, digest)
     run_dir = distributed.broadcast(run_dir)
@@ -108,7 +109,7 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
                     timings, evaluation.utility, attacks,
                     {"checkpoint": engine.CHECKPOINT, "log": "run.log", "per_scan": PER_SCAN,
                      **progress_files, **evaluation.files, **study.files},
-                    data=task.summary(), **cards.environment(device), precision=chosen.card(),
+                    data=task.summary(), **started_with, precision=chosen.card(),
                     amp=chosen.autocast, sections={**evaluation.sections, **study.sections,
                                                    **({"convergence": progress_section} if progress_section else {}),
                                                    **({"distributed": processes} if processes else {})},

@@ -139,3 +139,24 @@ def test_environment_without_git_records_no_commit(monkeypatch):
     monkeypatch.setattr(cards.subprocess, "run", no_git)
     code = cards.environment(torch.device("cpu"))["code"]
     assert code == {"privbench": __version__, "git_commit": None, "git_dirty": None}
+
+
+def test_a_run_records_the_commit_it_started_with(tmp_path, monkeypatch, test_cfg):
+    """A commit made while a run trains (an editable install keeps the code it loaded) does not
+    end up in that run's card."""
+    from privbench import runner
+    from privbench.defenses.none import NoProxy
+
+    head = {"commit": "a" * 40}
+    monkeypatch.setattr(cards, "_git_state", lambda: {"git_commit": head["commit"], "git_dirty": False})
+    fit = NoProxy.fit
+
+    def fit_then_commit(self, *args, **kwargs):
+        report = fit(self, *args, **kwargs)
+        head["commit"] = "b" * 40
+        return report
+
+    monkeypatch.setattr(NoProxy, "fit", fit_then_commit)
+    test_cfg.train.iterations = 2
+    card = runner.run(test_cfg, out=tmp_path, progress=False).card
+    assert head["commit"] == "b" * 40 and card.code["git_commit"] == "a" * 40
