@@ -72,7 +72,6 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
     attackers = [create_attack(name) for name in cfg.attacks]
     check_requirements(task, cfg, defense)
     chosen = precision.choose(device, cfg.train.amp)
-    started_with = cards.environment(device)  # the code and libraries as the run starts, not as it ends
     if lead:
         run_dir = run_dir or cards.new_run_dir(Path(out), cfg.task.name, cfg.defense, digest)
     run_dir = distributed.broadcast(run_dir)
@@ -81,6 +80,7 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
         defense.fit(task, cfg, device=device, progress=False, workdir=run_dir)
         distributed.finish()
         return RunResult(run_dir, None)
+    started_with = cards.environment(device)  # the code and libraries as the run starts, not as it ends
     with _interruptible(run_dir), _log_to(run_dir / "run.log"):
         cards.write_json_atomic(run_dir / cards.CONFIG, {"config": to_dict(cfg), "config_hash": digest})
         log.info("run %s: task %s, defense %s, preset %s, seed %d, config %s", run_dir.name,
