@@ -94,6 +94,23 @@ def pair_loss(discriminator: torch.nn.Module, first: torch.Tensor, second: torch
     return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), same, reduction=reduction)
 
 
+def adversarial_pairs(scans: torch.Tensor, proxies: torch.Tensor, same: torch.Tensor,
+                      cross: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pairs an adversarial encoder is trained to make unrecognisable, from the scans
+    ``[2B,1,p,p,p]`` of B pairs ``(x, x_ref)`` (first sides, then second sides), their proxies
+    (``E(x)``, ``E(x_ref)``, likewise) and whether each pair is one subject: the encoded pairs
+    ``(E(x), E(x_ref))``, and with ``cross`` the 2019 Privacy-Net code's four more,
+    ``(x, E(x))`` and ``(x_ref, E(x_ref))`` (one subject) and ``(x, E(x_ref))``, ``(x_ref, E(x))``
+    (the pair's label). Returns both sides and the labels."""
+    n = len(same)
+    x, x_ref, code, code_ref = scans[:n], scans[n:], proxies[:n], proxies[n:]
+    if not cross:
+        return code, code_ref, same
+    one = torch.ones_like(same)
+    return (torch.cat([code, x, x_ref, x, x_ref]), torch.cat([code_ref, code, code_ref, code_ref, code]),
+            torch.cat([same, one, one, same, same]))
+
+
 @torch.no_grad()
 def pair_accuracy(discriminator: torch.nn.Module, sampler: PairSampler, batches: int = 4) -> float:
     """Share of pairs the discriminator labels correctly (logit > 0 means same subject)."""

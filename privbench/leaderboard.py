@@ -17,12 +17,12 @@ from typing import Any
 
 import pandas as pd
 
-from privbench import figures, plane, seeds, worst_case
+from privbench import collapse, figures, plane, seeds, worst_case
 from privbench.card import CARD, Card, load, write_text_atomic
 from privbench.errors import PrivbenchError
 
 ID_COLUMNS = ["task", "defense", "variant", "attack", "seed", "preset"]
-WORST_COLUMNS = list(worst_case.IDENTITY_COLUMNS + worst_case.RECOVERY_COLUMNS)
+WORST_COLUMNS = list(worst_case.IDENTITY_COLUMNS + worst_case.RECOVERY_COLUMNS) + [worst_case.VERDICT]
 TIMING_COLUMNS = ["train_seconds", "train_it_per_s", "infer_seconds_per_volume"]
 TAIL_COLUMNS = TIMING_COLUMNS + ["config_hash", "setting", "run_id"]
 
@@ -46,12 +46,20 @@ def card_rows(card: Card) -> list[dict[str, Any]]:
               "preset": card.preset, "config_hash": card.config_hash, "setting": seeds.setting(card.config),
               "run_id": card.run_id, **{k: card.timings.get(k) for k in TIMING_COLUMNS},
               **{f"{entry['label']}_{k}": v for entry in done for k, v in entry["metrics"].items()},
-              **worst_case.columns(card.attacks)}
+              **worst_case.columns(card.attacks), **encoding_columns(card.sections)}
     return [{**common, "variant": entry["variant"],
              **{f"dice_{name}": value for name, value in entry["dice"].items()},
              **{f"region_{metric}_{name}": value for name, scores in entry.get("regions", {}).items()
                 for metric, value in scores.items()}}
             for entry in card.utility]
+
+
+def encoding_columns(sections: dict[str, Any]) -> dict[str, Any]:
+    """A card's encoding verdict (``encoding``: no encoding, encodes, collapsed; None for older
+    cards) and its numbers (``request_msssim``, a deformation's ``displacement_mm_mean``, ...)."""
+    measured = sections.get("encoding") if isinstance(sections.get("encoding"), dict) else {}
+    return {worst_case.VERDICT: collapse.of_card(sections),
+            **{k: v for k, v in measured.items() if k not in ("scans", "collapsed_at", "verdict")}}
 
 
 def collect(root: str | Path) -> Leaderboard:
@@ -117,7 +125,9 @@ def write(board: Leaderboard, csv_path: str | Path, markdown_path: str | Path | 
     write_text_atomic(csv_path.with_name(f"{csv_path.stem}-seeds.csv"), summary.to_csv(index=False))
     write_text_atomic(markdown_path, to_markdown(board.table) + "\n### Worst case per defense\n\n"
                       "The strongest identity attack (top-1, TPR at 1% FPR) and recovery attack (MS-SSIM) "
-                      "over every run of the defense.\n\n" + to_markdown(board.worst)
+                      "over every run of the defense; `collapsed` counts its runs whose requests are "
+                      "nearly the scans (request-to-scan MS-SSIM >= 0.99): they hide nothing, whatever "
+                      "their attack numbers.\n\n" + to_markdown(board.worst)
                       + "\n### Over seeds\n\nRuns that differ only in their seed: mean ± the half-width of "
                       "a 95% confidence interval (Student's t; none with one run, `(n=k)` where fewer runs "
                       "have the metric).\n\n" + seeds.to_markdown(summary))

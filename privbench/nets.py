@@ -161,18 +161,21 @@ class FlowGenerator(nn.Module):
     a bounded stationary velocity field -> a diffeomorphic displacement field.
 
     A small convolutional network over the control grid (1, 3 and 1 voxels wide) maps the noise
-    ``[B,c,n1,n2,n3]`` to a velocity of at most ``max_velocity`` voxels per axis (tanh of its
-    centred output) at each control point; trilinear interpolation spreads it over the voxels
+    ``[B,c,n1,n2,n3]`` to a velocity of at most ``max_velocity`` voxels per axis (its centred
+    output, scaled to a set RMS length or through a tanh; :meth:`velocity`) at each control point; trilinear interpolation spreads it over the voxels
     between control points ``spacing`` voxels apart (a smooth field); scaling and squaring
     (MONAI's ``DVF2DDF``) integrates it into a displacement. The velocity's negation integrates
     into the inverse deformation. Displacements are in voxels, ``[B,3,D,H,W]``, as MONAI's
     ``Warp`` takes them; :meth:`warp` applies one to volumes.
     """
 
+    DEGENERATE = 1e-4  # voxels: a centred field this small is rounding error of a constant one
+
     def __init__(self, noise_channels: int = 8, features: int = 32, max_velocity: float = 4.0,
-                 spacing: int = 8, steps: int = 7):
+                 spacing: int = 8, steps: int = 7, rms: float = 0.0):
         super().__init__()
         self.noise_channels, self.max_velocity, self.spacing = noise_channels, max_velocity, spacing
+        self.rms = rms
         self.body = nn.Sequential(nn.Conv3d(noise_channels, features, 1), nn.LeakyReLU(0.1),
                                   nn.Conv3d(features, features, 3, padding=1, padding_mode="replicate"),
                                   nn.LeakyReLU(0.1),
@@ -191,9 +194,18 @@ class FlowGenerator(nn.Module):
         """The velocity field ``[B,3,*size]`` (voxels) of control-point noise. The network's output
         is centred over the control grid before the tanh: a field that does not follow the noise
         would be the same for every key, and a uniform one is a translation, which an attacker
-        undoes by aligning the scans."""
+        undoes by aligning the scans. With ``rms`` > 0, each field is scaled so that the RMS
+        length of its control-point velocities is ``rms`` voxels (then clamped to ``max_velocity``
+        per axis): training shapes the field but cannot shrink it to the identity. Otherwise
+        the velocity is ``max_velocity * tanh(.)``, free to shrink."""
         raw = self.body(noise)
-        control = self.max_velocity * torch.tanh(raw - raw.mean(dim=(2, 3, 4), keepdim=True))
+        centred = raw - raw.mean(dim=(2, 3, 4), keepdim=True)
+        if self.rms > 0:  # a field below DEGENERATE voxels ignores its key: left at zero, not blown up
+            length = centred.pow(2).sum(1, keepdim=True).mean(dim=(2, 3, 4), keepdim=True).sqrt()
+            scale = torch.where(length > self.DEGENERATE, self.rms / length.clamp(min=self.DEGENERATE), 0.0)
+            control = (centred * scale).clamp(-self.max_velocity, self.max_velocity)
+        else:
+            control = self.max_velocity * torch.tanh(centred)
         dense = nn.functional.interpolate(control, size=[(n - 1) * self.spacing + 1 for n in control.shape[2:]],
                                           mode="trilinear", align_corners=True)
         return dense[(..., *(slice(0, n) for n in size))]

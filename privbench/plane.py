@@ -1,7 +1,8 @@
 """The utility–privacy plane: what each defense keeps (mean Dice) against what the strongest
 attacker we ran still gets (the worst case's top-1 identification), one point per defense and
 variant, averaged over seeds with 95% intervals as error bars, and the Pareto front marked: the
-points no other point beats on both axes at once."""
+points no other point beats on both axes at once. A point with a collapsed run (its requests
+were the scans) is drawn as a cross and kept off the front."""
 
 from __future__ import annotations
 
@@ -19,10 +20,13 @@ def points(summary: pd.DataFrame) -> pd.DataFrame:
     """One point per row of a seeds summary (:func:`privbench.seeds.summarise`) that has both a
     Dice and a worst-case identity number: ``label``, ``task``, ``preset``, ``dice``, ``dice_err``,
     ``attack``, ``attack_err`` (95% CI half-widths, 0 with one run), ``runs`` and ``attacked``
-    (the runs behind the worst case: those that hold every attack of the group), with
-    ``pareto`` marking the front within each task and preset."""
+    (the runs behind the worst case: those that hold every attack of the group), ``collapsed``
+    (``k/n`` runs of the group whose requests are the scans, or None) with ``pareto`` marking
+    the front within each task and preset. A point with a collapsed run is never on the front:
+    its privacy is not the defense's."""
     need = [f"{UTILITY}_mean", f"{PRIVACY_LOSS}_mean"]
-    columns = ["label", "task", "preset", "dice", "dice_err", "attack", "attack_err", "runs", "attacked", "pareto"]
+    columns = ["label", "task", "preset", "dice", "dice_err", "attack", "attack_err", "runs", "attacked",
+               "collapsed", "pareto"]
     if summary.empty or not set(need) <= set(summary.columns):
         return pd.DataFrame(columns=columns)
     rows = summary.dropna(subset=need)
@@ -30,11 +34,17 @@ def points(summary: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({"label": rows["defense"] + "/" + rows["variant"].astype(str), "task": rows["task"],
                         "preset": rows["preset"], "dice": rows[need[0]], "dice_err": err(f"{UTILITY}_ci95"),
                         "attack": rows[need[1]], "attack_err": err(f"{PRIVACY_LOSS}_ci95"), "runs": rows["runs"],
-                        "attacked": rows.get(f"{PRIVACY_LOSS}_n", rows["runs"])})
+                        "attacked": rows.get(f"{PRIVACY_LOSS}_n", rows["runs"]),
+                        "collapsed": rows["collapsed"] if "collapsed" in rows else None})
     out["pareto"] = False
     for _, group in out.groupby(["task", "preset"]):
-        out.loc[pareto_front(group), "pareto"] = True
+        out.loc[pareto_front(group[~group["collapsed"].map(any_collapsed)]), "pareto"] = True
     return out.reset_index(drop=True)
+
+
+def any_collapsed(share: object) -> bool:
+    """Whether a ``k/n`` share names at least one collapsed run."""
+    return isinstance(share, str) and not share.startswith("0/")
 
 
 def pareto_front(points: pd.DataFrame) -> list:
@@ -56,8 +66,11 @@ def figure(points: pd.DataFrame) -> plt.Figure:
     fig, axes = plt.subplots(1, len(groups), figsize=(6.4 * len(groups), 4.6), squeeze=False)
     for ax, ((task, preset), group) in zip(axes[0], groups):
         for k, p in enumerate(group.itertuples()):
-            ax.errorbar(p.attack, p.dice, xerr=p.attack_err, yerr=p.dice_err, fmt="o", color=f"C{k % 10}",
-                        capsize=3, label=f"{p.label} (n={p.runs}" + ("" if p.attacked == p.runs else f", worst case n={p.attacked:.0f}") + ")")
+            collapsed = any_collapsed(p.collapsed)
+            ax.errorbar(p.attack, p.dice, xerr=p.attack_err, yerr=p.dice_err, fmt="x" if collapsed else "o",
+                        color=f"C{k % 10}", capsize=3,
+                        label=f"{p.label} (n={p.runs}" + ("" if p.attacked == p.runs else f", worst case n={p.attacked:.0f}")
+                        + (f", COLLAPSED {p.collapsed}" if collapsed else "") + ")")
         front = group[group.pareto].sort_values("attack")
         ax.plot(front.attack, front.dice, "k--", lw=1, label="Pareto front")
         ax.scatter(front.attack, front.dice, s=160, facecolors="none", edgecolors="k")

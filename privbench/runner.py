@@ -24,7 +24,7 @@ import torch
 from privbench import card as cards
 from privbench.card import Card
 from privbench.attacks.base import Attack, attack_config, card_entry, execute
-from privbench import convergence, engine, finite, precision, resources
+from privbench import collapse, convergence, engine, finite, precision, resources
 from privbench.engine import distributed
 from privbench.config import RunConfig, config_hash, from_dict, to_dict
 from privbench.defenses.base import Defense
@@ -101,6 +101,10 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
         cards.write_text_atomic(run_dir / PER_SCAN, evaluation.per_scan.to_csv(index=False))
         for entry in evaluation.utility:
             log.info("test dice (%s): %s", entry["variant"], entry["dice"])
+        encoding, encoding_line = _stage(f"the encoding measures of {cfg.defense}", collapse.section, defense,
+                                         [task.load(scan)[0] for scan in task.scans("test")], cfg.seed)
+        finite.require(encoding, f"the encoding measures of {cfg.defense}")
+        log.info("%s", encoding_line)
         attacks = [run_attack(attacker, defense, task, cfg, run_dir=run_dir, progress=progress)
                    for attacker in attackers]
         study = _stage(f"the study of {cfg.defense}", defense.study, task, cfg, attackers,
@@ -110,10 +114,10 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
                     {"checkpoint": engine.CHECKPOINT, "log": "run.log", "per_scan": PER_SCAN,
                      **progress_files, **evaluation.files, **study.files},
                     data=task.summary(), **started_with, precision=chosen.card(),
-                    amp=chosen.autocast, sections={**evaluation.sections, **study.sections,
+                    amp=chosen.autocast, sections={**evaluation.sections, **study.sections, "encoding": encoding,
                                                    **({"convergence": progress_section} if progress_section else {}),
                                                    **({"distributed": processes} if processes else {})},
-                    summary=[*progress_lines, *evaluation.summary])
+                    summary=[*progress_lines, *evaluation.summary, encoding_line])
         cards.write(run_dir / cards.CARD, card)
         log.info("card written to %s", run_dir / cards.CARD)
     return RunResult(run_dir, card)

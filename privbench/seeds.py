@@ -21,10 +21,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from privbench import worst_case
+
 GROUP_COLUMNS = ["task", "defense", "variant", "preset", "setting"]
 NOT_METRICS = {"seed", "config_hash", "run_id", "setting"}
 STATISTICS = ("mean", "std", "n", "ci95")
-SUMMARY_IDS = GROUP_COLUMNS + ["attack", "runs", "seeds"]  # the summary's identifying columns
+SUMMARY_IDS = GROUP_COLUMNS + ["attack", "runs", "seeds", "collapsed"]  # the summary's identifying columns
 # the worst case over the attacks a run holds: averaged only over the group's runs that hold every
 # attack any of them holds, so a seed attacked by fewer (weaker) attackers cannot look private
 WORST_PREFIX = "worst_"
@@ -67,7 +69,8 @@ def metric_columns(table: pd.DataFrame) -> list[str]:
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
     """One row per group of runs that differ only in seed: the group's columns, ``attack`` (every
-    attack any of its runs holds), ``runs``, ``seeds`` and ``<metric>_mean``, ``_std``, ``_n``,
+    attack any of its runs holds), ``runs``, ``seeds``, ``collapsed`` (``k/n`` of the runs with an
+    encoding verdict, :func:`privbench.worst_case.collapsed_share`) and ``<metric>_mean``, ``_std``, ``_n``,
     ``_ci95`` for every metric (``_n`` counts the runs that have it; for the worst-case columns,
     only the runs that hold all of ``attack``)."""
     if table.empty or not set(GROUP_COLUMNS) <= set(table.columns):
@@ -79,7 +82,8 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
         lists = group["attack"].fillna("").map(lambda listed: [name for name in listed.split(",") if name])
         held = dict.fromkeys(name for names in lists for name in names)  # every attack, in order
         row |= {"attack": ",".join(held), "runs": len(group),
-                "seeds": ",".join(str(s) for s in sorted(group["seed"].unique()))}
+                "seeds": ",".join(str(s) for s in sorted(group["seed"].unique())),
+                "collapsed": worst_case.collapsed_share(group)}
         complete = group[lists.map(lambda names: set(names) == set(held))]  # the worst case depends on them
         for metric in metrics:
             runs = complete if metric.startswith(WORST_PREFIX) else group

@@ -16,6 +16,8 @@ import pandas as pd
 
 IDENTITY_COLUMNS = ("worst_identity", "worst_identity_top1", "worst_identity_tpr_at_1pct_fpr")
 RECOVERY_COLUMNS = ("worst_recovery", "worst_recovery_msssim")
+VERDICT = "encoding"  # a leaderboard row's encoding verdict (privbench.collapse)
+COLLAPSED_COLUMN = "collapsed"  # per defense: "k/n" of its runs with a verdict whose requests are the scans
 
 
 def measures(entry: dict[str, Any]) -> dict[str, str]:
@@ -70,13 +72,16 @@ def columns(attacks: list[dict[str, Any]]) -> dict[str, Any]:
 
 def per_defense(table: pd.DataFrame) -> pd.DataFrame:
     """One row per (task, preset, defense) of a leaderboard: its strongest identity attack over
-    all its runs (top-1, TPR at 1% FPR) and its strongest recovery attack (MS-SSIM)."""
+    all its runs (top-1, TPR at 1% FPR), its strongest recovery attack (MS-SSIM), and how many
+    of its runs collapsed (``k/n`` over the runs whose card holds a verdict), so a defense whose
+    runs send the scans themselves is never read as private."""
     keys = ["task", "preset", "defense"]
+    out_columns = keys + list(IDENTITY_COLUMNS + RECOVERY_COLUMNS) + [COLLAPSED_COLUMN]
     if table.empty or not set(IDENTITY_COLUMNS) <= set(table.columns):
-        return pd.DataFrame(columns=keys + list(IDENTITY_COLUMNS + RECOVERY_COLUMNS))
+        return pd.DataFrame(columns=out_columns)
     rows = []
     for key, group in table.groupby(keys, sort=True):
-        row = dict(zip(keys, key))
+        row = dict(zip(keys, key)) | {COLLAPSED_COLUMN: collapsed_share(group)}
         ids = group.dropna(subset=["worst_identity_top1"])
         if not ids.empty:
             best = ids.assign(_tpr=ids.worst_identity_tpr_at_1pct_fpr.fillna(-1.0)).sort_values(
@@ -87,4 +92,13 @@ def per_defense(table: pd.DataFrame) -> pd.DataFrame:
             best = rec.sort_values(["worst_recovery_msssim", "worst_recovery"], ascending=False, kind="stable").iloc[0]
             row |= {c: best[c] for c in RECOVERY_COLUMNS}
         rows.append(row)
-    return pd.DataFrame(rows).reindex(columns=keys + list(IDENTITY_COLUMNS + RECOVERY_COLUMNS))
+    return pd.DataFrame(rows).reindex(columns=out_columns)
+
+
+def collapsed_share(rows: pd.DataFrame) -> str | None:
+    """``"k/n"``: of the n runs among ``rows`` (one or more rows per run) whose cards hold an
+    encoding verdict, k collapsed; None where none holds one."""
+    if VERDICT not in rows or "run_id" not in rows:
+        return None
+    verdicts = rows.dropna(subset=[VERDICT]).drop_duplicates("run_id")[VERDICT]
+    return f"{int((verdicts == 'collapsed').sum())}/{len(verdicts)}" if len(verdicts) else None

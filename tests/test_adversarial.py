@@ -8,7 +8,7 @@ import torch
 from scipy import ndimage
 from typer.testing import CliRunner
 
-from privbench import config
+from privbench import collapse, config
 from privbench.cli import app
 from privbench.defenses.deformation import DeformationKey, DeformationProxy
 from privbench.defenses.privacy_net import PrivacyNet
@@ -38,10 +38,11 @@ def cohort(cache_dir):
 
 @pytest.fixture(scope="module")
 def deformation(cohort):
-    """A deformation client whose generator makes fields of a realistic size (trained ones grow
-    towards the bound): about 1 voxel on average at 4 mm, up to the 8 mm (2 voxel) bound."""
-    cfg, task, _, _ = cohort
-    defense = built("deformation", cfg, task)
+    """A deformation client whose free generator (no set size) makes fields of a realistic size
+    (trained ones grow towards the bound): about 1 voxel on average at 4 mm, up to the 8 mm (2
+    voxel) bound."""
+    _, task, _, _ = cohort
+    defense = built("deformation", config.resolve("test", {"train.amp": False, "deformation.displacement_mm": 0}), task)
     with torch.no_grad():
         torch.nn.init.normal_(defense.encoder.body[-1].weight, std=2.0, generator=torch.Generator().manual_seed(0))
     return defense
@@ -88,6 +89,50 @@ def test_zero_field_is_exactly_inverted(cohort, silenced):
     proxy = defense.encode(image, key)
     assert torch.allclose(proxy, image, atol=1e-6)
     assert torch.allclose(defense.decode(proxy, key), image, atol=1e-6)
+
+
+@pytest.mark.parametrize("displacement_mm, collapsed", [(0.0, True), (4.0, False)])
+def test_a_shrunken_generator_is_collapsed_unless_its_size_is_set(cohort, displacement_mm, collapsed):
+    """A generator whose output weights shrank 100-fold (what the segmentation loss does to a
+    free field once the discriminator is at chance) moves nothing and its run is named
+    collapsed; with the field's size set (the default, 4 mm RMS) it still deforms by about that."""
+    cfg, task, _, _ = cohort
+    cfg = config.resolve("test", {"train.amp": False, "deformation.displacement_mm": displacement_mm})
+    defense = built("deformation", cfg, task)
+    with torch.no_grad():
+        defense.encoder.body[-1].weight.mul_(1e-2)
+        defense.encoder.body[-1].bias.mul_(1e-2)
+    noise = torch.randn(3, defense.encoder.noise_channels, 5, 6, 5, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        control = defense.encoder.velocity(noise, (17, 21, 17))[..., ::4, ::4, ::4]  # the control points
+    rms = control.pow(2).sum(1).mean(dim=(1, 2, 3)).sqrt()  # voxels, one per field
+    images = [task.load(scan)[0] for scan in task.scans("test")]
+    section, line = collapse.section(defense, images, seed=0)
+    if collapsed:
+        assert float(rms.max()) < 0.02 and section["verdict"] == "collapsed" and "COLLAPSED" in line
+        assert section["request_msssim"] > 0.99 and section["displacement_mm_mean"] < 0.1
+    else:
+        # 4 mm at 4 mm spacing, less where a peak is clamped to the 8 mm bound (measured 0.987-1.000)
+        assert float(rms.min()) > 0.97 and float(rms.max()) < 1 + 1e-5
+        assert section["verdict"] == "encodes" and section["request_msssim"] < 0.985  # measured 0.984
+        # measured over the brain: 2.2 mm on average, 3.7 mm at the 95th percentile
+        assert 1.5 < section["displacement_mm_mean"] < section["displacement_mm_p95"] < 8.0
+
+
+def test_validation_records_the_encoding_and_the_held_out_discriminator(cohort, tmp_path):
+    """progress.csv holds, at each validation, the request-to-scan MS-SSIM, the deformation's
+    size and the discriminator's accuracy on held-out encoded pairs; every logged interval the
+    discriminator's accuracy on its training pairs."""
+    _, task, _, _ = cohort
+    cfg = config.resolve("test", {"train.amp": False, "train.iterations": 2, "train.validate_every": 1},
+                         defense="deformation")
+    built("deformation", cfg, task).fit(task, cfg, device=torch.device("cpu"), progress=False, workdir=tmp_path)
+    curve = pd.read_csv(tmp_path / "progress.csv")
+    assert list(curve["iteration"]) == [1, 2]
+    for column in ("val_request_msssim", "val_displacement_mm_mean", "val_displacement_mm_p95", "val_disc_acc"):
+        assert curve[column].notna().all(), column
+    assert curve["val_request_msssim"].between(0, 0.99).all() and curve["val_disc_acc"].between(0, 1).all()
+    assert curve["disc_acc"].between(0, 1).all()
 
 
 def test_decoded_probabilities_stay_probabilities(cohort, deformation):
@@ -189,6 +234,23 @@ def test_end_to_end_through_the_cli(name, tmp_path):
     per_scan = pd.read_csv(run_dir / card["files"]["per_scan"])
     assert utility["dice"]["WM"] == pytest.approx(per_scan["WM"].mean())
     assert "Dice mean" in result.stdout and "not applicable" in result.stdout
+    encoding = card["encoding"]
+    assert encoding["verdict"] == "encodes" and encoding["scans"] == 2 and encoding["request_msssim"] < 0.99
+    assert ("displacement_mm_mean" in encoding) == (name == "deformation")
+
+
+def test_a_field_that_cannot_move_is_a_collapsed_run(tmp_path):
+    """Deformation-Proxy with no room to deform sends the scans themselves: the card and the
+    summary call the run collapsed."""
+    out = tmp_path / "runs"
+    result = runner.invoke(app, ["run", "--preset", "test", "--defense", "deformation", "--set",
+                                 "deformation.max_velocity_mm=0", "--set", "deformation.displacement_mm=0",
+                                 "--set", "adversary.weight=0", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    (card_path,) = out.glob("mni-tissue/deformation/*/card.json")
+    encoding = json.loads(card_path.read_text())["encoding"]
+    assert encoding["verdict"] == "collapsed" and encoding["request_msssim"] > 0.999
+    assert encoding["displacement_mm_mean"] == 0 and "COLLAPSED" in result.stdout
 
 
 @pytest.mark.parametrize("name", ADVERSARIAL)

@@ -1,6 +1,7 @@
 """plane: utility against the worst-case attacker, over seeds, with the Pareto front."""
 
 import pandas as pd
+import pytest
 from PIL import Image
 
 from privbench import card as cards
@@ -54,3 +55,26 @@ def test_a_worst_case_from_fewer_runs_says_so_in_the_legend():
     assert points.attacked.tolist() == [1]
     labels = [t.get_text() for t in plane.figure(points).axes[0].get_legend().get_texts()]
     assert "mixup/default (n=3, worst case n=1)" in labels
+
+
+def test_a_collapsed_run_is_kept_off_the_front_and_named_everywhere(tmp_path):
+    """Deformation runs whose requests were the scans look private to a weak attacker: the
+    seeds summary counts them, the worst-case table says so, and the plane draws them as a
+    cross off the front, where an honest run would have been on it."""
+    for seed, verdict, top1 in ((0, "collapsed", 0.1), (1, "encodes", 0.2), (2, "collapsed", 0.1)):
+        card = _card(seed, 0.8, top1, defense="deformation")
+        card.attacks[0]["metrics"]["top1"] = top1
+        card.attacks[0]["measures"] = {"identity": "top1", "recovery": ""}
+        card.sections["encoding"] = {"request_msssim": 0.999 if verdict == "collapsed" else 0.7, "verdict": verdict}
+        (tmp_path / card.run_id).mkdir()
+        cards.write(tmp_path / card.run_id / "card.json", card)
+    board = leaderboard.collect(tmp_path)
+    assert sorted(board.table["encoding"]) == ["collapsed", "collapsed", "encodes"]
+    (worst,) = board.worst.to_dict("records")
+    assert worst["collapsed"] == "2/3"
+    (group,) = board.seeds.to_dict("records")
+    assert group["collapsed"] == "2/3" and group["request_msssim_mean"] == pytest.approx((0.999 * 2 + 0.7) / 3)
+    points = plane.points(board.seeds)
+    assert points.collapsed.tolist() == ["2/3"] and not points.pareto.any()
+    labels = [t.get_text() for t in plane.figure(points).axes[0].get_legend().get_texts()]
+    assert "deformation/learned (n=3, COLLAPSED 2/3)" in labels

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from privbench import engine, streams
+from privbench import collapse, engine, streams
 from privbench.config import RunConfig
 from privbench.engine import TrainReport
 from privbench.errors import PrivbenchError
@@ -41,6 +41,7 @@ class Defense(abc.ABC):
     """A way for a client to get a segmentation from an untrusted server."""
 
     name: str = ""
+    encodes: bool = True  # it promises requests that are not the scans (privbench.collapse checks)
 
     @abc.abstractmethod
     def fit(self, task: Task, cfg: RunConfig, *, device: torch.device, progress: bool = True,
@@ -68,6 +69,12 @@ class Defense(abc.ABC):
     @abc.abstractmethod
     def encode(self, image: torch.Tensor, key: Key) -> torch.Tensor:
         """Client: what leaves the hospital for ``image``."""
+
+    def encoding_measures(self, image: torch.Tensor, key: Key) -> dict[str, float]:
+        """Hook: how much the encoding of ``image`` ``[1,1,D,H,W]`` with ``key`` changes it, in the
+        defense's own terms (deformation: its displacement in mm), beside the request-to-scan
+        MS-SSIM that :mod:`privbench.collapse` measures for every defense."""
+        return {}
 
     @abc.abstractmethod
     def server(self, proxy: torch.Tensor) -> torch.Tensor:
@@ -131,8 +138,10 @@ class TrainedDefense(Defense):
     def validator(self, task: Task, cfg: RunConfig) -> engine.Validate | None:
         """Scores of the defense's segmentation now (one request per scan, keys from the run's
         ``validation`` stream, so training draws nothing from it) on the first scan of each
-        validation subject: ``val_dice`` (mean over classes) and ``val_dice_<class>``. None
-        when the task has no validation scans or validation is off."""
+        validation subject: ``val_dice`` (mean over classes) and ``val_dice_<class>``, and how
+        much the encoding changes those scans (``val_request_msssim`` and the defense's own
+        :meth:`encoding_measures`, :mod:`privbench.collapse`). None when the task has no
+        validation scans or validation is off."""
         first: dict[str, Any] = {}
         for scan in task.scans("validation"):
             first.setdefault(scan.subject, scan)
@@ -145,11 +154,15 @@ class TrainedDefense(Defense):
             generator = streams.generator(cfg.seed, "validation")
             scores = torch.stack([dice(self.segment(image[None], generator=generator).argmax(1), label[None],
                                        task.num_classes)[0] for image, label in volumes]).numpy()
+            encoding = collapse.measure(self, [image for image, _ in volumes],
+                                        streams.generator(cfg.seed, "validation", "encoding"))
+            measured = {f"val_{name}": value for name, value in encoding.items() if name != "request_msssim_max"}
             means = {c: float(np.nanmean(scores[:, i])) for i, c in enumerate(classes)
                      if np.isfinite(scores[:, i]).any()}
             if not means:
-                return {}
-            return {"val_dice": float(np.mean(list(means.values()))), **{f"val_dice_{c}": v for c, v in means.items()}}
+                return measured
+            return {"val_dice": float(np.mean(list(means.values()))), **{f"val_dice_{c}": v for c, v in means.items()},
+                    **measured}
 
         return validate
 

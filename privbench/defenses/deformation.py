@@ -7,6 +7,14 @@ the deformed scan; the server's U-Net++ segments it; the client warps the return
 back with the inverse deformation (the negated velocity field). The generator and the server are
 trained together to segment deformed scans while fooling a Siamese discriminator that tries to
 tell whether two deformed scans are of one subject (:mod:`privbench.defenses.adversarial`).
+
+Nothing in that game rewards the field's size: once the discriminator is at chance, the
+segmentation loss alone pulls a free field towards the identity (quick runs collapsed to 0.1 mm
+on two seeds of three). The paper's method section was not available to us, so privbench
+chooses two safeguards, both on by default: each field's velocity is scaled to a set RMS length
+(``deformation.displacement_mm``; 0 gives the free field), and the discriminator also sees a
+scan beside its own proxy (``adversary.cross_pairs``, from the 2019 Privacy-Net code by the same
+authors). Every run reports the displacement it applies (:meth:`DeformationProxy.encoding_measures`).
 """
 
 from __future__ import annotations
@@ -25,12 +33,15 @@ from privbench.nets import FlowGenerator
 from privbench.registry import register_defense
 from privbench.tasks.base import REPEATED_SCANS
 
+BRAIN = 0.05  # intensity above which a voxel counts as the head's, for the displacement's size
+
 
 @dataclass
 class DeformationConfig:
     """Deformation-Proxy (Kim et al., BMVC 2021): the client's flow-field generator."""
 
-    max_velocity_mm: float = 8.0  # bound of each velocity component (tanh); displacements stay within it
+    displacement_mm: float = 4.0  # RMS length of each field's velocity at the control points (0: free to shrink)
+    max_velocity_mm: float = 8.0  # bound of each velocity component; displacements stay within it
     control_spacing_mm: float = 16.0  # distance between the velocity field's control points
     noise_channels: int = 8  # Gaussian noise per control point, drawn from the key's seed
     generator_features: int = 32  # width of the generator's layers
@@ -40,6 +51,8 @@ class DeformationConfig:
 
     def validate(self, run: RunConfig) -> None:
         require((0 <= self.max_velocity_mm <= MAX_MM, f"deformation.max_velocity_mm must be in [0, {MAX_MM}]"),
+                (0 <= self.displacement_mm <= self.max_velocity_mm,
+                 "deformation.displacement_mm must be in [0, deformation.max_velocity_mm]"),
                 (run.task.spacing <= self.control_spacing_mm <= MAX_MM,
                  f"deformation.control_spacing_mm must be in [task.spacing, {MAX_MM}]"),
                 (min(self.noise_channels, self.generator_features, self.integration_steps) >= 1,
@@ -67,7 +80,8 @@ class DeformationProxy(AdversarialDefense):
     def build_encoder(self, cfg: RunConfig, spacing: float) -> FlowGenerator:
         d = cfg.deformation
         return FlowGenerator(d.noise_channels, d.generator_features, max_velocity=d.max_velocity_mm / spacing,
-                             spacing=max(1, round(d.control_spacing_mm / spacing)), steps=d.integration_steps)
+                             spacing=max(1, round(d.control_spacing_mm / spacing)), steps=d.integration_steps,
+                             rms=d.displacement_mm / spacing)
 
     def margin(self) -> int:
         """No displacement is longer than the velocity bound, so a patch pulls in at most that."""
@@ -103,6 +117,16 @@ class DeformationProxy(AdversarialDefense):
     def decode(self, server_output: torch.Tensor, key: DeformationKey) -> torch.Tensor:
         """The server's probabilities warped back with the inverse deformation."""
         return self._warp(server_output, key, inverse=True)
+
+    def encoding_measures(self, image: torch.Tensor, key: DeformationKey) -> dict[str, float]:
+        """The key's displacement over the brain (voxels brighter than ``BRAIN``), in mm: its mean
+        and 95th percentile (a collapsed generator moves nothing)."""
+        field = self.displacement(key, tuple(image.shape[2:]))[0].cpu()
+        length = field.norm(dim=0)[image[0, 0] > BRAIN] * self.spacing
+        if length.numel() == 0:
+            return {}
+        return {"displacement_mm_mean": float(length.mean()),
+                "displacement_mm_p95": float(torch.quantile(length.float(), 0.95))}
 
     def white_box(self) -> "FlowWeights":
         return FlowWeights(self.encoder, self.device)

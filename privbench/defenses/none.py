@@ -22,6 +22,7 @@ class NoProxy(TrainedDefense):
     """The server's U-Net++ trained directly on the scans with Dice + cross-entropy."""
 
     name = "none"
+    encodes = False  # the scan itself is the request
 
     def build(self, cfg: RunConfig) -> engine.Step:
         self.net = SegmentationNet(1, self.num_classes, cfg.train.features).to(self.device)
