@@ -1,8 +1,10 @@
 """The worst case per defense: "private" means "against the best attacker we have".
 
 Every attack declares what it measures (:attr:`privbench.attacks.base.Attack.identifies`, the
-metric of its top-1 identification rate, and :attr:`~privbench.attacks.base.Attack.recovers`,
-that of its recovery MS-SSIM), and its card entry records it under ``measures``. The strongest
+metric of its top-1 identification rate, :attr:`~privbench.attacks.base.Attack.recovers`,
+that of its recovery MS-SSIM, and :attr:`~privbench.attacks.base.Attack.naive`, the no-training
+guesses it reports beside its own, such as the mixture taken as the image), and its card entry
+records it under ``measures``; the naive guesses count as attackers of their own. The strongest
 identity attack is the one with the highest top-1 (ties: the higher TPR at 1% FPR, then the
 name); the strongest recovery attack the one with the highest MS-SSIM. A card names both for
 its run; the leaderboard names them for each defense over all its runs.
@@ -20,17 +22,20 @@ VERDICT = "encoding"  # a leaderboard row's encoding verdict (privbench.collapse
 COLLAPSED_COLUMN = "collapsed"  # per defense: "k/n" of its runs with a verdict whose requests are the scans
 
 
-def measures(entry: dict[str, Any]) -> dict[str, str]:
+def measures(entry: dict[str, Any]) -> dict[str, Any]:
     """What a card entry's metrics measure: its own record, or for entries written before
-    attacks declared it, the registered attack's declaration (nothing for unknown attacks)."""
-    if "measures" in entry:
-        return entry["measures"]
+    attacks declared it, the registered attack's declaration (nothing for unknown attacks). The
+    naive guesses (``naive``) likewise come from the registered attack for entries written
+    before they were recorded: their metrics were there already."""
+    recorded = entry.get("measures")
+    if recorded is not None and "naive" in recorded:
+        return recorded
     from privbench.registry import ATTACKS, create_attack  # only for older cards
 
     if entry.get("attack") not in ATTACKS.names():
-        return {}
+        return recorded or {}
     attack = create_attack(entry["attack"])
-    return {"identity": attack.identifies, "recovery": attack.recovers}
+    return (recorded or {"identity": attack.identifies, "recovery": attack.recovers}) | {"naive": attack.naive}
 
 
 def _number(value: Any) -> float | None:
@@ -39,20 +44,29 @@ def _number(value: Any) -> float | None:
 
 def worst_case(attacks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The strongest identity and recovery attack among a card's attack entries (a kind with
-    no finished attack is left out)."""
+    no finished attack is left out), the no-training guesses an attack reports beside its own
+    (``bss: mixture as guess``) counted as attackers too: the worst case is never weaker than
+    taking the request as it is."""
     identity, recovery = [], []
     for entry in attacks:
         if entry.get("status") != "done":
             continue
-        measured, metrics = measures(entry), entry.get("metrics", {})
-        top1 = _number(metrics.get(measured.get("identity") or ""))
-        if top1 is not None:
-            tpr = _number(metrics.get("tpr_at_1pct_fpr"))
-            identity.append(((top1, -1.0 if tpr is None else tpr), entry["label"],
-                             {"attack": entry["label"], "top1": top1, "tpr_at_1pct_fpr": tpr}))
-        msssim = _number(metrics.get(measured.get("recovery") or ""))
-        if msssim is not None:
-            recovery.append((msssim, entry["label"], {"attack": entry["label"], "msssim": msssim}))
+        measured, metrics, label = measures(entry), entry.get("metrics", {}), entry["label"]
+        naive = measured.get("naive") or {}
+        identities = [(label, measured.get("identity"), True)] + [
+            (f"{label}: {guess}", metric, False) for guess, metric in naive.get("identity", {}).items()]
+        for name, metric, own in identities:
+            top1 = _number(metrics.get(metric or ""))
+            if top1 is not None:
+                tpr = _number(metrics.get("tpr_at_1pct_fpr")) if own else None
+                identity.append(((top1, -1.0 if tpr is None else tpr), name,
+                                 {"attack": name, "top1": top1, "tpr_at_1pct_fpr": tpr}))
+        recoveries = [(label, measured.get("recovery"))] + [
+            (f"{label}: {guess}", metric) for guess, metric in naive.get("recovery", {}).items()]
+        for name, metric in recoveries:
+            msssim = _number(metrics.get(metric or ""))
+            if msssim is not None:
+                recovery.append((msssim, name, {"attack": name, "msssim": msssim}))
     out: dict[str, dict[str, Any]] = {}
     if identity:
         out["identity"] = max(identity, key=lambda item: (item[0], item[1]))[2]

@@ -3,7 +3,7 @@ import torch
 
 from privbench import config
 from privbench.errors import PrivbenchError
-from privbench.identity import PairSampler, pair_accuracy, pair_loss
+from privbench.identity import PairSampler, adversarial_pairs, pair_accuracy, pair_loss
 from privbench.nets import SiameseDiscriminator
 from privbench.registry import create_task
 
@@ -67,3 +67,21 @@ def test_discriminator_learns_to_recognise_subjects_it_never_saw(cache_dir):
         loss.backward()
         optimizer.step()
     assert pair_accuracy(disc, unseen, batches=8) >= 0.8
+
+
+@pytest.mark.parametrize("cross, expected", [
+    (False, [("E(x0)", "E(r0)", 1), ("E(x1)", "E(r1)", 0)]),
+    (True, [("E(x0)", "E(r0)", 1), ("E(x1)", "E(r1)", 0),  # the encoded pairs, their own labels
+            ("x0", "E(x0)", 1), ("x1", "E(x1)", 1),  # a scan and its own encoding: one subject
+            ("r0", "E(r0)", 1), ("r1", "E(r1)", 1),
+            ("x0", "E(r0)", 1), ("x1", "E(r1)", 0),  # across: the pair's label
+            ("r0", "E(x0)", 1), ("r1", "E(x1)", 0)]),
+])
+def test_the_adversarial_pairs_are_the_2019_privacy_net_codes(cross, expected):
+    """Pairs (x_i, r_i) with labels [1, 0]: each tensor entry is tagged by a number, so the
+    pairs can be read back by name."""
+    names = ["x0", "x1", "r0", "r1", "E(x0)", "E(x1)", "E(r0)", "E(r1)"]
+    tagged = torch.arange(8.0).reshape(8, 1, 1, 1, 1)
+    first, second, same = adversarial_pairs(tagged[:4], tagged[4:], torch.tensor([1.0, 0.0]), cross)
+    got = [(names[int(a)], names[int(b)], int(s)) for a, b, s in zip(first.flatten(), second.flatten(), same)]
+    assert sorted(got) == sorted(expected)

@@ -7,13 +7,14 @@ import pytest
 
 from privbench import card as cards
 from privbench import leaderboard, worst_case
-from privbench.attacks.base import card_entry
+from privbench.attacks.base import AttackResult, card_entry
+from privbench.attacks.bss import BssConfig
 from privbench.registry import create_attack
 
 
-def entry(label, identity="", recovery="", **metrics):
+def entry(label, identity="", recovery="", naive=None, **metrics):
     return {"attack": label, "label": label, "status": "done", "metrics": metrics,
-            "measures": {"identity": identity, "recovery": recovery}}
+            "measures": {"identity": identity, "recovery": recovery, "naive": naive or {}}}
 
 
 NOT_RUN = {"attack": "bss", "status": "not applicable", "reason": "bss applies to mixup, not none"}
@@ -34,6 +35,16 @@ CASES = {  # attacks of one card -> its worst case
         [entry("reid", "top1", top1=1.0, tpr_at_1pct_fpr=None)],
         {"identity": {"attack": "reid", "top1": 1.0, "tpr_at_1pct_fpr": None}}),
     "nothing finished, nothing named": ([NOT_RUN], {}),
+    "the mixture taken as the image beats a weaker recovery": (
+        [entry("bss", recovery="msssim", naive={"recovery": {"mixture as guess": "mixture_msssim"}},
+               msssim=0.645, mixture_msssim=0.825)],
+        {"recovery": {"attack": "bss: mixture as guess", "msssim": 0.825}}),
+    "a recovery that beats the mixture is named itself": (
+        [entry("separation", "linkage_top1", "msssim", naive={"recovery": {"mixture as guess": "mixture_msssim"},
+                                                             "identity": {"mixture as guess": "mixture_linkage_top1"}},
+               msssim=0.9, mixture_msssim=0.825, linkage_top1=0.5, mixture_linkage_top1=0.7)],
+        {"identity": {"attack": "separation: mixture as guess", "top1": 0.7, "tpr_at_1pct_fpr": None},
+         "recovery": {"attack": "separation", "msssim": 0.9}}),
 }
 
 
@@ -47,6 +58,24 @@ def test_entries_without_measures_use_the_registered_attack():
             "metrics": {"msssim": 0.8, "linkage_top1": 0.7}}]  # as cards before this field were written
     assert worst_case.worst_case(old)["recovery"] == {"attack": "tta-average", "msssim": 0.8}
     assert worst_case.measures({"attack": "someone-else's", "status": "done"}) == {}
+
+
+def test_a_card_whose_bss_recovers_less_than_the_mixture_names_the_mixture(tmp_path):
+    """The card of ``privbench run --defense mixup --attack bss`` as it is written: bss below the
+    mixture-as-guess row (0.645 against 0.825) gives the mixture as the worst-case recovery, in
+    the card, in what the CLI prints, and in the leaderboard's worst case."""
+    bss = create_attack("bss")
+    table = [{"guess": "bss (Langevin separation)", "msssim_mean": 0.645}, {"guess": "mixture as guess", "msssim_mean": 0.825}]
+    result = AttackResult({"msssim": 0.645, "mixture_msssim": 0.825, "template_msssim": 0.645, "oracle_msssim": 0.99},
+                          "bss", table, {}, {})
+    made = card("20261201-000000-dddddddddddd", "mixup", 0, [card_entry(bss, "mixup", result, BssConfig())])
+    cards.write(tmp_path / "card.json", made)
+    expected = {"attack": "bss: mixture as guess", "msssim": 0.825}
+    assert json.loads((tmp_path / "card.json").read_text())["worst_case"] == {"recovery": expected}
+    worst = leaderboard.collect(tmp_path).worst.iloc[0]
+    assert (worst.worst_recovery, worst.worst_recovery_msssim) == ("bss: mixture as guess", 0.825)
+    older = made.attacks[0] | {"measures": {"identity": "", "recovery": "msssim"}}  # a card before naive guesses
+    assert worst_case.worst_case([older])["recovery"] == expected
 
 
 def test_every_registered_attack_records_what_it_measures():

@@ -225,6 +225,10 @@ class Attack(abc.ABC):
     grants: tuple[str, ...] = ()  # keys of GRANTS this threat model hands the attacker
     identifies: str = ""  # the metric of its top-1 identification rate, if it names people (worst case)
     recovers: str = ""  # the metric of its recovery MS-SSIM, if it recovers images (worst case)
+    # the guesses among its metrics that need no training and no cleverness (the mixture or the
+    # request itself taken as the image, linked as it is): "identity"/"recovery" -> {guess: metric};
+    # the worst case counts them, so it is never weaker than doing nothing
+    naive: dict[str, dict[str, str]] = {}
 
     def applies(self, defense: str) -> bool:
         return "*" in self.applies_to or defense in self.applies_to
@@ -310,6 +314,7 @@ def card_entry(attack: Attack, defense: str, result: AttackResult | None, config
                         "reason": f"{attack.name} applies to {', '.join(attack.applies_to)}, not {defense}"}
     granted = ["requests", "defense's public config", *attack.granted(config, defense)]
     return entry | {"status": "done", "label": result.label or attack.name, "granted": granted,
-                    "measures": {"identity": attack.identifies, "recovery": attack.recovers},
+                    "measures": {"identity": attack.identifies, "recovery": attack.recovers,
+                                 "naive": attack.naive},
                     "metrics": result.metrics, "table": result.table,
                     "settings": result.settings, "files": result.files}

@@ -185,6 +185,7 @@ class BlindSourceSeparation(Attack):
     name = "bss"
     headline = "msssim"
     recovers = "msssim"
+    naive = {"recovery": {"mixture as guess": "mixture_msssim"}}
     model: ScoreModel | None = None  # trained once per run, reused (e.g. along the a-curve)
     report: engine.TrainReport | None = None
     applies_to = ("mixup",)

@@ -73,6 +73,8 @@ class Inversion(Attack):
     headline = "top1"
     identifies = "top1"
     recovers = "msssim"
+    naive = {"recovery": {"request as guess": "request_msssim"},
+             "identity": {"requests vs the clean gallery": "plain_top1"}}
     applies_to = ("privacy-net", "deformation")
     grants = ("weights", "public_pool", "gallery")
     observes = ("every test scan's request; a copy of the trained encoder or field generator (white-box); "

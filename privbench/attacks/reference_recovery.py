@@ -178,6 +178,8 @@ class ReferenceRecovery(Attack):
     headline = "linkage_top1"
     identifies = "linkage_top1"
     recovers = "msssim"
+    naive = {"recovery": {"mixture as guess": "mixture_msssim"},
+             "identity": {"mixture as guess": "mixture_linkage_top1"}}
     applies_to = ("mixup",)
     grants = ("gallery",)
     observes = ("attack.reference_recovery.requests requests of the test scans (fresh keys each); "

@@ -104,6 +104,8 @@ class Separation(Attack):
     headline = "linkage_top1"
     identifies = "linkage_top1"
     recovers = "msssim"
+    naive = {"recovery": {"mixture as guess": "mixture_msssim"},
+             "identity": {"mixture as guess": "mixture_linkage_top1"}}
     applies_to = ("mixup",)
     grants = ("public_pool", "gallery")
     observes = ("every test scan's request (one mixture); the public pool; a gallery of clean scans; "

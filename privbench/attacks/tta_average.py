@@ -80,6 +80,7 @@ class TtaAverage(Attack):
     headline = "linkage_top1"
     identifies = "linkage_top1"  # of the recovered targets
     recovers = "msssim"
+    naive = {"recovery": {"mixture as guess": "mixture_msssim"}}
     applies_to = ("mixup",)
     grants = ("public_pool",)
     observes = "the K mixtures of each test scan's TTA request; the public pool's mean and variance"
