@@ -3,11 +3,11 @@ import json
 import pytest
 import torch
 
-from privbench import engine
+from privbench import config, engine
 from privbench.config import EvalConfig, TrainConfig
 from privbench.defenses.none import NoProxy
 from privbench.nets import SegmentationNet
-from privbench.registry import create_task
+from privbench.registry import create_defense, create_task
 
 from helpers import die_at_batch
 
@@ -151,3 +151,27 @@ def test_a_resumed_run_counts_the_training_time_of_every_process(tmp_path):
     assert spent <= second.total_seconds and finished.it_per_s is None and finished.earlier_seconds == spent
     (tmp_path / engine.seconds_file()).unlink()  # e.g. a checkpoint written by older code
     assert train(4).total_seconds is None
+
+
+@pytest.mark.parametrize("name", ["none", "mixup"])
+def test_a_run_continued_from_its_checkpoint_equals_one_straight_run(name, tmp_path):
+    """A long study stopped at a session's end and continued: two iterations, then the same run
+    continued to four, gives the weights and the training curve (losses and validation) of four
+    iterations straight (constant learning rate, so the shorter run's schedule is the same)."""
+    cfg = config.resolve("test", {"train.amp": False, "train.lr_schedule": "constant", "train.validate_every": 1,
+                                  "train.checkpoint_every": 100}, defense=name)
+    task = create_task("mni-tissue", cfg=cfg)
+    runs = {}
+    for label, lengths in (("straight", [4]), ("continued", [2, 4])):
+        for start, iterations in enumerate(lengths):
+            cfg.train.iterations = iterations
+            torch.manual_seed(start)  # a continued run starts from another init: the checkpoint overwrites it
+            defense = create_defense(name)
+            defense.fit(task, cfg, device=torch.device("cpu"), progress=False, workdir=tmp_path / label)
+        runs[label] = defense
+    for key, module in runs["straight"].state.items():
+        if isinstance(module, torch.nn.Module):
+            for (param, a), b in zip(module.state_dict().items(), runs["continued"].state[key].state_dict().values()):
+                assert torch.equal(a, b), (key, param)
+    straight, continued = ((tmp_path / label / "progress.csv").read_text() for label in ("straight", "continued"))
+    assert straight == continued and "val_dice" in straight and len(straight.splitlines()) == 5
