@@ -404,6 +404,12 @@ def defense_sections(cfg: RunConfig, defense: str | None = None) -> dict[str, An
     return {name: dataclasses.asdict(cfg.sections[name]) for name, _ in entry.sections}
 
 
+def result_fields(cfg: RunConfig, sections: list[str]) -> dict[str, Any]:
+    """The fields of ``sections`` that change results (the hashed ones), flat: ``key -> value``."""
+    return {k: v for k, v in _flatten(to_dict(cfg)).items()
+            if k.rpartition(".")[0] in sections and k not in _UNHASHED}
+
+
 def config_hash(cfg: RunConfig) -> str:
     """Short SHA-256 of every result-changing field: the run-level sections (device, preset name,
     cache path and batch sizes of inference excluded) and the sections the run's components

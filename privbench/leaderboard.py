@@ -17,14 +17,19 @@ from typing import Any
 
 import pandas as pd
 
-from privbench import collapse, figures, plane, seeds, worst_case
+from privbench import collapse, figures, matched, plane, seeds, worst_case
 from privbench.card import CARD, Card, load, write_text_atomic
 from privbench.errors import PrivbenchError
 
-ID_COLUMNS = ["task", "defense", "variant", "attack", "seed", "preset"]
+ID_COLUMNS = ["task", "defense", "variant", "attack", "seed", "preset", "changes"]
 WORST_COLUMNS = list(worst_case.IDENTITY_COLUMNS + worst_case.RECOVERY_COLUMNS) + [worst_case.VERDICT]
 TIMING_COLUMNS = ["train_seconds", "train_it_per_s", "infer_seconds_per_volume"]
 TAIL_COLUMNS = TIMING_COLUMNS + ["config_hash", "setting", "run_id"]
+MATCHED_NOTE = ("Each defense's best mean Dice (± 95% CI over seeds) among its points (settings) whose MS-SSIM "
+                "re-identification F1 stays at or below the paper's for that defense, and whose worst-case "
+                "identity top-1 stays at or below 0.5 and 0.25; then its lowest worst-case top-1 among the points "
+                "whose Dice is within 0.05 of `none`'s. Points with a collapsed run are left out "
+                "(`privbench.matched`).\n\n")
 
 
 @dataclass
@@ -43,7 +48,8 @@ def card_rows(card: Card) -> list[dict[str, Any]]:
     done = [entry for entry in card.attacks if entry.get("status") == "done"]
     common = {"task": card.task, "defense": card.defense, "seed": card.seed,
               "attack": ",".join(entry["label"] for entry in done),
-              "preset": card.preset, "config_hash": card.config_hash, "setting": seeds.setting(card.config),
+              "preset": card.preset, "changes": seeds.changes(card.config),
+              "config_hash": card.config_hash, "setting": seeds.setting(card.config),
               "run_id": card.run_id, **{k: card.timings.get(k) for k in TIMING_COLUMNS},
               **{f"{entry['label']}_{k}": v for entry in done for k, v in entry["metrics"].items()},
               **worst_case.columns(card.attacks), **encoding_columns(card.sections)}
@@ -123,6 +129,9 @@ def write(board: Leaderboard, csv_path: str | Path, markdown_path: str | Path | 
     write_text_atomic(csv_path, board.table.to_csv(index=False))
     write_text_atomic(csv_path.with_name(f"{csv_path.stem}-worst-case.csv"), board.worst.to_csv(index=False))
     write_text_atomic(csv_path.with_name(f"{csv_path.stem}-seeds.csv"), summary.to_csv(index=False))
+    at_matched = matched.table(board.seeds)
+    if not at_matched.empty:
+        write_text_atomic(csv_path.with_name(f"{csv_path.stem}-matched.csv"), at_matched.to_csv(index=False))
     write_text_atomic(markdown_path, to_markdown(board.table) + "\n### Worst case per defense\n\n"
                       "The strongest identity attack (top-1, TPR at 1% FPR) and recovery attack (MS-SSIM) "
                       "over every run of the defense; `collapsed` counts its runs whose requests are "
@@ -130,7 +139,8 @@ def write(board: Leaderboard, csv_path: str | Path, markdown_path: str | Path | 
                       "their attack numbers.\n\n" + to_markdown(board.worst)
                       + "\n### Over seeds\n\nRuns that differ only in their seed: mean ± the half-width of "
                       "a 95% confidence interval (Student's t; none with one run, `(n=k)` where fewer runs "
-                      "have the metric).\n\n" + seeds.to_markdown(summary))
+                      "have the metric).\n\n" + seeds.to_markdown(summary)
+                      + ("" if at_matched.empty else "\n### At matched privacy\n\n" + MATCHED_NOTE + to_markdown(at_matched)))
     shown_points = plane.points(board.seeds)
     if len(shown_points):
         figures.save_atomic(plane.figure(shown_points), csv_path.with_name(f"{csv_path.stem}-plane.png"))

@@ -26,7 +26,7 @@ from privbench import worst_case
 GROUP_COLUMNS = ["task", "defense", "variant", "preset", "setting"]
 NOT_METRICS = {"seed", "config_hash", "run_id", "setting"}
 STATISTICS = ("mean", "std", "n", "ci95")
-SUMMARY_IDS = GROUP_COLUMNS + ["attack", "runs", "seeds", "collapsed"]  # the summary's identifying columns
+SUMMARY_IDS = GROUP_COLUMNS + ["changes", "attack", "runs", "seeds", "collapsed"]  # the summary's identifying columns
 # the worst case over the attacks a run holds: averaged only over the group's runs that hold every
 # attack any of them holds, so a seed attacked by fewer (weaker) attackers cannot look private
 WORST_PREFIX = "worst_"
@@ -50,6 +50,25 @@ def setting(config: dict[str, Any]) -> str:
         return "raw-" + hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
+def changes(config: dict[str, Any]) -> str | None:
+    """What sets a card's setting apart from its preset's defaults for its task and defense, as
+    ``key=value`` pairs (``adversary.weight=3.0 deformation.displacement_mm=2.0``): the
+    result-changing fields of the run-level and the defense's sections, never the seed, the
+    attacks or their settings ("" for the defaults; None where this code cannot rebuild the
+    config: an unknown plugin's, an old card's)."""
+    from privbench.config import RUN_SECTIONS, from_dict, resolve, result_fields
+    from privbench.registry import DEFENSES
+
+    try:
+        cfg = from_dict(config)
+        default = resolve(cfg.preset, {"task.name": cfg.task.name}, defense=cfg.defense)
+        sections = [*RUN_SECTIONS, *(name for name, _ in DEFENSES.get(cfg.defense).sections)]
+    except Exception:  # noqa: BLE001  (anything from_dict or the registry cannot read)
+        return None
+    mine, base = result_fields(cfg, sections), result_fields(default, sections)
+    return " ".join(f"{k}={mine[k]}" for k in sorted(mine) if mine[k] != base.get(k))
+
+
 def interval(values: Any) -> dict[str, float]:
     """Mean, sample std, n and the 95% CI half-width of the finite ``values`` (NaN where
     undefined: no values, or fewer than two for std and CI)."""
@@ -69,7 +88,7 @@ def metric_columns(table: pd.DataFrame) -> list[str]:
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
     """One row per group of runs that differ only in seed: the group's columns, ``attack`` (every
-    attack any of its runs holds), ``runs``, ``seeds``, ``collapsed`` (``k/n`` of the runs with an
+    attack any of its runs holds), ``changes`` (from the defaults, :func:`changes`), ``runs``, ``seeds``, ``collapsed`` (``k/n`` of the runs with an
     encoding verdict, :func:`privbench.worst_case.collapsed_share`) and ``<metric>_mean``, ``_std``, ``_n``,
     ``_ci95`` for every metric (``_n`` counts the runs that have it; for the worst-case columns,
     only the runs that hold all of ``attack``)."""
@@ -81,7 +100,8 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
         row: dict[str, Any] = dict(zip(GROUP_COLUMNS, keys))
         lists = group["attack"].fillna("").map(lambda listed: [name for name in listed.split(",") if name])
         held = dict.fromkeys(name for names in lists for name in names)  # every attack, in order
-        row |= {"attack": ",".join(held), "runs": len(group),
+        row |= {"changes": group["changes"].iloc[0] if "changes" in group else None,
+                "attack": ",".join(held), "runs": len(group),
                 "seeds": ",".join(str(s) for s in sorted(group["seed"].unique())),
                 "collapsed": worst_case.collapsed_share(group)}
         complete = group[lists.map(lambda names: set(names) == set(held))]  # the worst case depends on them

@@ -69,7 +69,7 @@ def test_leaderboard_collects_cards_and_warns_on_broken_ones(finished_run, tmp_p
     compact = tmp_path / "compact.csv"
     assert invoke("leaderboard", out, "-o", compact, "--columns", "dice_mean, dice_GM").exit_code == 0
     assert list(pd.read_csv(compact).columns) == ["task", "defense", "variant", "attack", "seed", "preset",
-                                                  "dice_mean", "dice_GM"]
+                                                  "changes", "dice_mean", "dice_GM"]
     result = invoke("leaderboard", out, "-o", compact, "--columns", "dice_mean,reid_f2")
     assert result.exit_code == 2 and "no column 'reid_f2'" in result.stderr and "dice_GM" in result.stderr
 

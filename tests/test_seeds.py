@@ -81,3 +81,16 @@ def test_the_leaderboard_summarises_runs_that_differ_only_in_seed(tmp_path):
     assert "0.500 (n=1)" in text  # one run: a mean and its n, no interval
     written = pd.read_csv(tmp_path / "board-seeds.csv")
     assert len(written) == 3 and "train_seconds_mean" not in written.columns  # timings stay in the table
+
+
+def test_a_setting_names_what_it_changes_from_the_defaults():
+    def changed(defense, *items):
+        return seeds.changes(config.to_dict(config.resolve("quick", list(items), defense=defense, seed=2,
+                                                           attacks=("reid",))))
+
+    assert changed("privacy-net") == ""  # seed and attacks are not a change of setting
+    assert changed("privacy-net", "adversary.weight=3", "attack.reid.observe=output") == "adversary.weight=3.0"
+    assert changed("deformation", "deformation.displacement_mm=2", "train.iterations=3000") == \
+        "deformation.displacement_mm=2.0 train.iterations=3000"
+    assert changed("none", "mixup.tta=2") == ""  # another defense's section
+    assert seeds.changes({"defense": "gone-plugin"}) is None
