@@ -87,7 +87,7 @@ def collect(root: str | Path) -> Leaderboard:
     table = pd.DataFrame(rows)
     if not table.empty:
         metrics = sorted(c for c in table.columns if c not in ID_COLUMNS + WORST_COLUMNS + TAIL_COLUMNS)
-        table = table[ID_COLUMNS + WORST_COLUMNS + metrics + TAIL_COLUMNS].sort_values(ID_COLUMNS[:4], kind="stable")
+        table = table[ID_COLUMNS + WORST_COLUMNS + metrics + TAIL_COLUMNS].sort_values(["task", "defense", "variant", "seed"], kind="stable")
     table = table.reset_index(drop=True)
     return Leaderboard(table, unreadable, worst_case.per_defense(table), seeds.summarise(table))
 
