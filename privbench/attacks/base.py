@@ -50,6 +50,7 @@ GRANTS = {  # what a threat model may grant beyond the requests and the defense'
     "gallery": "clean scans of many people with their identities: the test subjects' scans and the public pool",
     "mixing_weight": "each request's mixing weight a",
     "weights": "the encoding's trained weights, which the server holds (white-box), applied with keys the attacker draws",
+    "discriminator": "the identity discriminator the encoding was trained against, which the server trained with it",
 }
 
 
@@ -142,6 +143,7 @@ class Observation:
     gallery: Gallery | None = None
     weights: list[float] | None = None
     white_box: "WhiteBox | None" = None
+    discriminator: torch.nn.Module | None = None  # embeds a volume [1,1,D,H,W] -> [1,E], unit length
 
 
 @dataclass
@@ -287,6 +289,7 @@ def execute(attack: Attack, defense: "Defense", task: Task, cfg: RunConfig, *, r
         gallery=build_gallery(task, pool) if "gallery" in granted and pool else None,
         weights=list(truth.weights) if "mixing_weight" in granted else None,
         white_box=defense.white_box() if "weights" in granted else None,
+        discriminator=defense.identity_embedder() if "discriminator" in granted else None,
     )
     guesses = attack.reconstruct(observation)
     return attack.score(guesses, truth, observation, run_dir)

@@ -25,6 +25,7 @@ Both defenses need subjects with two or more scans; a task without them fails be
 from __future__ import annotations
 
 import abc
+import copy
 import math
 from dataclasses import dataclass
 
@@ -99,6 +100,9 @@ class AdversarialDefense(TrainedDefense):
 
         return validate
 
+    def identity_embedder(self) -> "VolumeEmbedder":
+        return VolumeEmbedder(self.discriminator, len(self.discriminator_features), self.device)
+
     @abc.abstractmethod
     def build_encoder(self, cfg: RunConfig, spacing: float) -> torch.nn.Module:
         """The client's trainable encoder."""
@@ -121,6 +125,7 @@ class AdversarialDefense(TrainedDefense):
         self.encoder = self.build_encoder(cfg, self.spacing).to(device)
         self.net = SegmentationNet(1, num_classes, cfg.train.features).to(device)
         self.discriminator = SiameseDiscriminator(cfg.adversary.features).to(device)
+        self.discriminator_features = cfg.adversary.features
         optimizer = torch.optim.Adam([*self.encoder.parameters(), *self.net.parameters()], lr=cfg.train.lr)
         disc_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.train.lr)
         self.state = {"encoder": self.encoder, "net": self.net, "discriminator": self.discriminator,
@@ -163,3 +168,18 @@ class AdversarialDefense(TrainedDefense):
             return {"loss": loss.item(), "seg": seg.item(), "disc": disc.item(), "disc_acc": accuracy.item()}
 
         return step
+
+
+class VolumeEmbedder(torch.nn.Module):
+    """A copy of a trained :class:`~privbench.nets.SiameseDiscriminator` that embeds whole volumes:
+    each is cropped (centred) to a multiple of the network's pooling, then embedded as in training."""
+
+    def __init__(self, discriminator: SiameseDiscriminator, blocks: int, device: torch.device):
+        super().__init__()
+        self.net, self.multiple, self.device = copy.deepcopy(discriminator).eval(), 2 ** blocks, device
+
+    @torch.no_grad()
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        crop = tuple(slice((n % self.multiple) // 2, (n % self.multiple) // 2 + n - n % self.multiple)
+                     for n in volume.shape[2:])
+        return self.net.embed(volume[(..., *crop)].to(self.device)).float().cpu()

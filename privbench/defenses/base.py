@@ -66,6 +66,11 @@ class Defense(abc.ABC):
         the server holds no weights the client encodes with)."""
         return None
 
+    def identity_embedder(self) -> torch.nn.Module | None:
+        """A copy of the identity discriminator the defense was trained against, as an embedder
+        of whole volumes ``[1,1,D,H,W] -> [1,E]`` (the server trained it; None where there is none)."""
+        return None
+
     @abc.abstractmethod
     def encode(self, image: torch.Tensor, key: Key) -> torch.Tensor:
         """Client: what leaves the hospital for ``image``."""
