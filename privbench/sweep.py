@@ -46,11 +46,26 @@ class Cell:
     values: tuple[tuple[str, Any], ...]  # this cell's choice for every varied key
 
     def config(self, grid: Grid) -> config.RunConfig:
-        return config.resolve(grid.preset, {**grid.sets, **dict(self.values), "task.name": self.task},
+        return config.resolve(grid.preset, {**grid.sets, **self.settings(), "task.name": self.task},
                               defense=self.defense, seed=self.seed, attacks=tuple(grid.attacks))
 
+    def settings(self) -> dict[str, Any]:
+        """This cell's values by key; a key joining several with commas (``"a,b"``) takes a list
+        of as many values, one each (keys that vary together)."""
+        out: dict[str, Any] = {}
+        for key, value in self.values:
+            names = [name.strip() for name in key.split(",")]
+            if len(names) == 1:
+                out[key] = value
+                continue
+            if not isinstance(value, (list, tuple)) or len(value) != len(names):
+                raise PrivbenchError(f"the grid's {key!r} varies {len(names)} keys together: each of its "
+                                     f"values must be a list of {len(names)}, not {value!r}")
+            out |= dict(zip(names, value))
+        return out
+
     def label(self) -> str:
-        extra = " ".join(f"{k}={v}" for k, v in self.values)
+        extra = " ".join(f"{k}={v}" for k, v in self.settings().items())
         return f"{self.task}/{self.defense} seed {self.seed}" + (f" {extra}" if extra else "")
 
 
@@ -99,7 +114,8 @@ def cells(grid: Grid) -> list[Cell]:
     out = []
     for task, defense, seed, *values in itertools.product(grid.tasks, grid.defenses, grid.seeds,
                                                           *(grid.vary[k] for k in keys)):
-        cell = Cell(task, defense, int(seed), tuple(zip(keys, values)))
+        cell = Cell(task, defense, int(seed), tuple((k, tuple(v) if isinstance(v, list) else v)
+                                                    for k, v in zip(keys, values)))
         cell.config(grid)  # validates: raises PrivbenchError naming the bad part
         out.append(cell)
     if not out:
