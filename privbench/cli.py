@@ -209,6 +209,26 @@ def leaderboard(
 
 @app.command()
 @_friendly
+def budget(
+    root: Path = typer.Argument(..., help="Folder of the cards of runs that differ in train.iterations."),
+    output: Path = typer.Option(Path("budget.csv"), "--output", "-o", help="CSV to write (and .md, -fit.csv, .png)."),
+    target: float = typer.Option(0.01, "--target", help="The gap to the baseline the fit is asked about."),
+) -> None:
+    """Dice against training budget: each defense's gap to none per budget, a power-law fit of
+    the gap with a bootstrap interval, and the budget where it would fall under --target."""
+    from privbench import budget as budgets
+
+    if not (0 < target < 1):
+        raise PrivbenchError("--target must be a gap in (0, 1)")
+    for found in budgets.write(root, output, target):
+        row = found.row()
+        console.print(f"{found.defense}/{found.variant}: gap = {found.scale:.3g}·n^-{found.exponent:.3g}; "
+                      f"under {target} at {row['budget_for_target'] or 'never'} ({row['closes']})")
+    console.print(f"budget table: {output}")
+
+
+@app.command()
+@_friendly
 def sweep(
     grid_file: Optional[Path] = typer.Option(None, "--grid", help="A TOML grid ([grid] tasks, defenses, attacks, "
                                              "seeds, preset, [grid.set], [grid.vary])."),
