@@ -10,6 +10,8 @@ so a crash never leaves a half-written card. Version-1 cards are still read.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import platform
 import subprocess
@@ -17,7 +19,7 @@ import time
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -26,6 +28,7 @@ from privbench.errors import PrivbenchError
 
 CARD = "card.json"
 CONFIG = "config.json"
+LOCK = ".card.lock"  # held while a card is read, changed and written (privbench attack)
 CARD_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 LIBRARIES = ("privbench", "torch", "monai", "numpy", "scipy", "nibabel", "nilearn", "pandas",
@@ -145,6 +148,34 @@ def load(path: Path) -> Card:
         raise PrivbenchError(f"malformed card {path}: missing {exc}") from exc
     except TypeError as exc:
         raise PrivbenchError(f"malformed card {path}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold the run folder's card lock (``.card.lock``, an exclusive ``flock``): one process at a
+    time reads, changes and writes a card, so concurrent writers never lose each other's update."""
+    try:
+        handle = open(Path(run_dir) / LOCK, "a")
+    except OSError as exc:
+        raise PrivbenchError(f"cannot lock {Path(run_dir) / LOCK}: {exc.strerror or exc}") from exc
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def add_attacks(path: Path, entries: list[dict[str, Any]]) -> Card:
+    """Put attack ``entries`` into the card at ``path`` (replacing its entries of the same
+    attacks), reading it afresh under the card lock: attacks added by another process while
+    these ran are kept. Returns the card written."""
+    with locked(Path(path).parent):
+        card = load(path)
+        names = {entry["attack"] for entry in entries}
+        card.attacks = [e for e in card.attacks if e["attack"] not in names] + entries
+        write(path, card)
+    return card
 
 
 def write(path: Path, card: Card) -> None:

@@ -144,13 +144,15 @@ def _training_timings(report: engine.TrainReport) -> dict[str, Any]:
 
 
 def attack(run_dir: str | Path, names: list[str], *, progress: bool = True) -> RunResult:
-    """Run the attacks ``names`` against the trained defense of a finished run and add them to
-    its card (replacing earlier entries of the same attacks). The defense is restored from the
+    """Run the attacks ``names`` (each once) against the trained defense of a finished run and
+    add them to its card (replacing earlier entries of the same attacks; entries that other
+    processes add meanwhile are kept: the card is re-read and written under its lock). The defense is restored from the
     run's final checkpoint, which is only read; each new entry records when and with which code
     it ran."""
     run_dir = Path(run_dir)
     card = cards.load(run_dir / cards.CARD)
     cfg = from_dict(card.config)
+    names = list(dict.fromkeys(names))  # an attack named twice runs once
     for name in names:
         ATTACKS.get(name)
     cfg.attacks = tuple(names)
@@ -167,8 +169,7 @@ def attack(run_dir: str | Path, names: list[str], *, progress: bool = True) -> R
         added = {"added": time.strftime("%Y-%m-%dT%H:%M:%S"), **cards.environment(device)}
         entries = [run_attack(create_attack(name), defense, task, cfg, run_dir=run_dir, progress=progress)
                    | {"added_later": added} for name in names]
-        card.attacks = [e for e in card.attacks if e["attack"] not in names] + entries
-        cards.write(run_dir / cards.CARD, card)
+        card = cards.add_attacks(run_dir / cards.CARD, entries)  # re-read under a lock: others' entries stay
         log.info("card updated: %s", run_dir / cards.CARD)
     return RunResult(run_dir, card)
 

@@ -274,3 +274,26 @@ def test_help_answers_without_importing_torch_or_monai():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+def test_concurrent_attack_processes_on_one_run_each_keep_their_entry(finished_run, tmp_path, cache_dir):
+    """Three `privbench attack` processes at once, with different attacks, on one run: each
+    entry is in the card once (the card is re-read and written under its lock); an attack
+    named twice runs once."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run[1].parent, run_dir)
+    env = {**os.environ, "PRIVBENCH_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1"}
+    names = ["reid", "linkage", "learned-reid"]
+    processes = [subprocess.Popen([sys.executable, "-m", "privbench.cli", "attack", str(run_dir), "-a", name,
+                                   *(["-a", name] if name == "reid" else []), "-q"],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for name in names]
+    for process in processes:
+        assert process.wait(timeout=300) == 0, process.stderr.read()
+    attacks = [entry["attack"] for entry in json.loads((run_dir / "card.json").read_text())["attacks"]]
+    assert sorted(attacks) == sorted(names)
