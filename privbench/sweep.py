@@ -19,7 +19,7 @@ from typing import Any
 
 from privbench import config
 from privbench.card import CARD, find_resumable
-from privbench.errors import PrivbenchError
+from privbench.errors import Interrupted, PrivbenchError
 
 
 @dataclass
@@ -147,7 +147,7 @@ def run_cell(cell: Cell, grid: Grid, out: str | Path, progress: bool = False) ->
             return Outcome(cell, "skipped", str(run_dir))
         result = runner.run(cfg, out=out, resume=kind == "unfinished", progress=progress)
         return Outcome(cell, "resumed" if kind == "unfinished" else "done", str(result.run_dir))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):  # Ctrl-C stops the sweep; the cell keeps its checkpoint
         raise
     except Exception as exc:  # noqa: BLE001  (one failed cell must not stop the others)
         return Outcome(cell, "failed", error=f"{type(exc).__name__}: {exc}")

@@ -9,6 +9,8 @@ from privbench import runner, sweep
 from privbench.cli import app
 from privbench.errors import PrivbenchError
 
+from helpers import die_at_batch
+
 FAST = {"train.iterations": 1}  # the sweep's bookkeeping is under test, not training
 GRID = sweep.Grid(defenses=["none", "deformation"], seeds=[0, 1], preset="test", sets=FAST)
 
@@ -63,6 +65,22 @@ def test_a_grid_file_and_varied_keys(tmp_path):
         sweep.cells(sweep.Grid(defenses=["nonee"], preset="test"))
     with pytest.raises(PrivbenchError, match="train.lr must be in"):
         sweep.cells(sweep.Grid(preset="test", vary={"train.lr": [0.001, 5.0]}))
+
+
+def test_ctrl_c_stops_the_sweep_and_the_cli_exits_130(tmp_path, monkeypatch):
+    """Ctrl-C in the second iteration of the first cell: the sweep stops there (the next cell
+    never starts), the CLI exits 130 saying the checkpoint is kept, and the same sweep resumes
+    the cell."""
+    grid = ["sweep", "--defense", "none", "--seed", "0", "--seed", "1", "--preset", "test",
+            "--set", "train.iterations=3", "--set", "train.checkpoint_every=1", "-o", str(tmp_path), "-q"]
+    heal = die_at_batch(monkeypatch, 1)
+    result = CliRunner().invoke(app, grid)
+    assert result.exit_code == 130 and "keeps its last checkpoint" in result.output
+    assert len(list(tmp_path.glob("mni-tissue/none/*"))) == 1  # seed 1 never started
+    heal()
+    again = CliRunner().invoke(app, grid)
+    assert again.exit_code == 0 and "resumed" in again.output
+    assert len(list(tmp_path.glob("mni-tissue/none/*/card.json"))) == 2
 
 
 def test_keys_joined_by_a_comma_vary_together(tmp_path):
