@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from privbench import config as configs
 from privbench.errors import Interrupted, NonFiniteError, PrivbenchError
@@ -51,12 +52,12 @@ def _friendly(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except Interrupted as exc:
-            errors.print(str(exc), highlight=False, soft_wrap=True)
+            errors.print(str(exc), highlight=False, soft_wrap=True, markup=False)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except PrivbenchError as exc:
             if _state["debug"]:
                 raise
-            errors.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            errors.print(Text.assemble(("error:", "bold red"), f" {exc}"), highlight=False, soft_wrap=True)
             code = EXIT_NON_FINITE if isinstance(exc, NonFiniteError) else EXIT_USER_ERROR
             raise typer.Exit(code) from None
         except KeyboardInterrupt:
@@ -230,8 +231,8 @@ def budget(
 @app.command()
 @_friendly
 def sweep(
-    grid_file: Optional[Path] = typer.Option(None, "--grid", help="A TOML grid ([grid] tasks, defenses, attacks, "
-                                             "seeds, preset, [grid.set], [grid.vary])."),
+    grid_file: Optional[Path] = typer.Option(None, "--grid", help="A TOML grid (\\[grid] tasks, defenses, attacks, "
+                                             "seeds, preset, \\[grid.set], \\[grid.vary])."),
     task: list[str] = typer.Option([], "--task", help="Task (repeatable)."),
     defense: list[str] = typer.Option([], "--defense", "-d", help="Defense (repeatable)."),
     attack: list[str] = typer.Option([], "--attack", "-a", help="Attack run in every cell (repeatable)."),

@@ -95,6 +95,18 @@ def load_grid(path: str | Path) -> Grid:
     if unknown:
         raise PrivbenchError(f"{path}: unknown grid entries {sorted(unknown)} (known: tasks, defenses, attacks, "
                              "seeds, preset, set, vary)")
+    expected = {"tasks": (list, str, "a list of names"), "defenses": (list, str, "a list of names"),
+                "attacks": (list, str, "a list of names"), "seeds": (list, int, "a list of integers"),
+                "preset": (str, None, "a preset name"), "set": (dict, None, "a table of key = value"),
+                "vary": (dict, None, "a table of key = [values]")}
+    for key, (kind, item, what) in expected.items():
+        value = table.get(key)
+        if value is None:
+            continue
+        items = value.values() if isinstance(value, dict) else value
+        if not isinstance(value, kind) or (item is not None and isinstance(value, (list, dict)) and not all(
+                isinstance(v, item) and not isinstance(v, bool) for v in items)):
+            raise PrivbenchError(f"{path}: [grid] {key} must be {what}, not {value!r}")
     grid = Grid(preset=table.get("preset", "quick"), sets=dict(table.get("set", {})),
                 vary={k: list(v) if isinstance(v, list) else [v] for k, v in table.get("vary", {}).items()})
     for name in ("tasks", "defenses", "attacks", "seeds"):

@@ -67,6 +67,22 @@ def test_a_grid_file_and_varied_keys(tmp_path):
         sweep.cells(sweep.Grid(preset="test", vary={"train.lr": [0.001, 5.0]}))
 
 
+@pytest.mark.parametrize("line, message", [
+    ('seeds = ["a"]', "[grid] seeds must be a list of integers, not ['a']"),
+    ("seeds = [true]", "[grid] seeds must be a list of integers, not [True]"),
+    ("preset = 3", "[grid] preset must be a preset name, not 3"),
+    ('tasks = "mni-tissue"', "[grid] tasks must be a list of names, not 'mni-tissue'"),
+    ("set = 1", "[grid] set must be a table of key = value, not 1"),
+    ("seeds = [0", "cannot read the grid"),
+])
+def test_a_hand_edited_grid_is_checked_when_read(tmp_path, line, message):
+    path = tmp_path / "grid.toml"
+    path.write_text(f"[grid]\n{line}\n")
+    result = CliRunner().invoke(app, ["sweep", "--grid", str(path), "-o", str(tmp_path / "runs")])
+    assert result.exit_code == 2 and message in result.output and str(path) in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "runs").exists()
+
+
 def test_ctrl_c_stops_the_sweep_and_the_cli_exits_130(tmp_path, monkeypatch):
     """Ctrl-C in the second iteration of the first cell: the sweep stops there (the next cell
     never starts), the CLI exits 130 saying the checkpoint is kept, and the same sweep resumes
@@ -120,3 +136,9 @@ def test_the_same_sweep_runs_on_a_local_ray(swept, monkeypatch):
     outcomes = sweep.run(grid, out, engine="ray", cpus_per_cell=1)
     assert [o.status for o in outcomes] == ["skipped", "skipped", "done", "skipped", "skipped", "done"]
     assert [o.run_dir for o in outcomes if o.status == "skipped"] == [o.run_dir for o in first]
+
+
+def test_the_help_shows_the_grid_tables_brackets_and_all():
+    result = CliRunner().invoke(app, ["sweep", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "([grid] tasks, defenses, attacks, seeds, preset, [grid.set], [grid.vary])" \
+        in result.output
