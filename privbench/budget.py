@@ -32,7 +32,7 @@ BASELINE = "none"
 TARGET_GAP = 0.01
 BOOTSTRAP = 1000
 FLAT = 1e-6  # a fitted exponent at or below this: the gap does not shrink
-PAPER_ORDER = ("naive", "naive+tta", "learned", "learned+tta")  # mixup's variants, worst to best (Table 1)
+PAPER_ORDER = ("naive", "naive+tta", "learned", "learned+tta")  # Mixup-Privacy's variants, worst to best (Table 1)
 
 
 def per_scan(root: str | Path) -> pd.DataFrame:
@@ -140,13 +140,16 @@ def fit(scans: pd.DataFrame, defense: str, variant: str, target: float = TARGET_
     return Fit(defense, variant, scale, exponent, budget, float(low), float(high), measured, budget > measured)
 
 
-def ordering(scans: pd.DataFrame, defense: str = "mixup", order: tuple[str, ...] = PAPER_ORDER) -> pd.DataFrame:
-    """Per budget, the variants from worst to best mean Dice and whether that is ``order``."""
+def ordering(scans: pd.DataFrame, order: tuple[str, ...] = PAPER_ORDER) -> pd.DataFrame:
+    """Per defense whose variants are those of ``order`` and per budget, the variants from worst
+    to best mean Dice and whether that is ``order``."""
     rows = table(scans)
     out = []
-    for iterations, group in rows[rows.defense == defense].groupby("iterations"):
-        found = tuple(group.sort_values("dice").variant)
-        out.append({"iterations": iterations, "order": " < ".join(found), "as_paper": found == order})
+    for (defense, iterations), group in rows.groupby(["defense", "iterations"]):
+        if set(group.variant) == set(order):
+            found = tuple(group.sort_values("dice").variant)
+            out.append({"defense": defense, "iterations": iterations, "order": " < ".join(found),
+                        "as_paper": found == order})
     return pd.DataFrame(out)
 
 
@@ -189,7 +192,7 @@ def write(root: str | Path, csv_path: str | Path, target: float = TARGET_GAP) ->
     curves = rows[rows.defense != BASELINE].groupby(["defense", "variant"]).iterations.nunique()
     fits = [fit(scans, d, v, target) for (d, v), budgets in curves.items() if budgets >= 2]
     fitted = pd.DataFrame([f.row() for f in fits])
-    order = ordering(scans) if "mixup" in set(rows.defense) else pd.DataFrame()
+    order = ordering(scans)
     write_text_atomic(csv_path, rows.to_csv(index=False))
     write_text_atomic(csv_path.with_name(f"{csv_path.stem}-fit.csv"), fitted.to_csv(index=False))
     text = ("Mean test Dice over scans and seeds at each training budget, and the gap to the best "
@@ -199,7 +202,7 @@ def write(root: str | Path, csv_path: str | Path, target: float = TARGET_GAP) ->
                  f"`budget_for_target`: where the fit reaches a gap of {target}, with a 95% bootstrap interval "
                  "over the test scans; beyond `measured_up_to` it is an extrapolation.\n\n" + to_markdown(fitted))
     if not order.empty:
-        text += "\n### The order of mixup's variants\n\n" + to_markdown(order)
+        text += "\n### The order of the variants (the paper's: " + " < ".join(PAPER_ORDER) + ")\n\n" + to_markdown(order)
     write_text_atomic(csv_path.with_suffix(".md"), text)
     save_atomic(figure(rows, fits, target), csv_path.with_suffix(".png"))
     return fits

@@ -5,9 +5,10 @@ knob (λ, a deformation's size, mixup's range of ``a``). From the summary over s
 (:func:`privbench.seeds.summarise`), where each row is one setting of a defense (a point of its
 curve), :func:`table` answers, per task, preset and defense:
 
-- the best Dice among its points whose MS-SSIM re-identification F1 is at most the Mixup-Privacy
-  paper's for that defense (Table 2, PPMI), and among those whose worst-case identity top-1
-  is at most 0.5 and 0.25, or "not reached";
+- the best Dice among its points whose MS-SSIM re-identification F1 is at most the level its
+  paper reports (the registry entry's ``published["reid_f1"]``: the Mixup-Privacy paper's Table
+  2 on PPMI for the built-in defenses), and among those whose worst-case identity top-1 is at
+  most 0.5 and 0.25, or "not reached";
 - the other way round, its most private point (lowest worst-case top-1) among those whose Dice
   is within 0.05 of the baseline's (``none``'s best Dice in the same task and preset).
 
@@ -24,9 +25,6 @@ import pandas as pd
 
 from privbench.plane import any_collapsed
 
-# MS-SSIM re-identification F1 reported by the Mixup-Privacy paper (Kim, Dolz, Jodoin,
-# Desrosiers; IPMI 2023), Table 2, PPMI: the level each defense claims
-PAPER_REID_F1 = {"none": 0.988, "privacy-net": 0.092, "deformation": 0.122, "mixup": 0.284}
 TOP1_LEVELS = (0.5, 0.25)
 DICE_MARGIN = 0.05  # "costs little": within this much of the baseline's Dice
 BASELINE = "none"
@@ -34,6 +32,13 @@ DICE, REID_F1, TOP1 = "dice_mean", "reid_f1", "worst_identity_top1"
 NOT_REACHED = "not reached"
 COLUMNS = ["task", "preset", "defense", "points", f"{REID_F1} <= paper",
            *(f"top-1 <= {level}" for level in TOP1_LEVELS), f"top-1 at Dice >= {BASELINE} - {DICE_MARGIN}"]
+
+
+def published(defense: str) -> dict[str, float]:
+    """What the defense's paper reports (its registry entry), nothing for an unknown one."""
+    from privbench.registry import DEFENSES
+
+    return DEFENSES.get(defense).published if defense in DEFENSES.names() else {}
 
 
 def _mean(row: pd.Series, metric: str) -> float:
@@ -82,7 +87,7 @@ def table(summary: pd.DataFrame) -> pd.DataFrame:
         baseline = group[group.defense == BASELINE]
         floor = baseline.apply(lambda r: _mean(r, DICE), axis=1).max() - DICE_MARGIN if len(baseline) else math.nan
         for defense, points in group.groupby("defense", sort=True):
-            level = PAPER_REID_F1.get(defense)
+            level = published(defense).get(REID_F1)
             row = {"task": task, "preset": preset, "defense": defense, "points": len(points),
                    f"{REID_F1} <= paper": (f"(paper {level}) " + _best_dice(points, REID_F1, level)
                                            if level is not None else "no paper level")}

@@ -56,6 +56,7 @@ class Entry:
     source: str = "privbench"
     sections: tuple[tuple[str, type], ...] = ()  # its config sections: (name, dataclass)
     defaults: dict[str, dict[str, Any]] = field(default_factory=dict)  # run-level values it sets, by preset
+    published: dict[str, float] = field(default_factory=dict)  # numbers its paper reports, e.g. {"reid_f1": 0.092}
 
 
 @dataclass
@@ -77,16 +78,20 @@ class Registry:
         requires: Iterable[str] = (),
         config: type | dict[str, type] | None = None,
         defaults: dict[str, dict[str, Any]] | None = None,
+        published: dict[str, float] | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator registering a class or factory function under ``name``, with its config:
         one dataclass (its section is the name, ``-`` read as ``_``; an attack's is
         ``attack.<name>``) or several sections by name (``{"adversary": AdversaryConfig}``);
         a task's ``defaults`` are run-level values it sets under the user's, by preset
-        (``"*"``: every preset), e.g. ``{"paper": {"train.patch_size": 64}}``."""
+        (``"*"``: every preset), e.g. ``{"paper": {"train.patch_size": 64}}``; ``published``: the
+        numbers a paper reports for it (``{"reid_f1": 0.092}``), the levels the comparison at
+        matched privacy holds it to (:mod:`privbench.matched`)."""
 
         def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
             self.add(Entry(name, self.kind, factory, description, paper, tuple(requires),
-                           _origin(factory), self.sections_of(name, config), dict(defaults or {})))
+                           _origin(factory), self.sections_of(name, config), dict(defaults or {}),
+                           dict(published or {})))
             return factory
 
         return decorator

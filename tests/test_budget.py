@@ -56,7 +56,8 @@ def test_one_budget_is_not_a_curve_and_the_order_of_the_variants_is_checked():
     with pytest.raises(Exception, match="two or more budgets"):
         budget.fit(scans(lambda n: 0.1, budgets=(1000,)), "mixup", "learned+tta")
     order = budget.ordering(scans(lambda n: 0.1), order=("naive", "learned+tta"))
-    assert order.as_paper.all() and order.order.iloc[0] == "naive < learned+tta"
+    assert order.as_paper.all() and order.order.iloc[0] == "naive < learned+tta" and set(order.defense) == {"mixup"}
+    assert budget.ordering(scans(lambda n: 0.1), order=("learned+tta", "naive")).as_paper.sum() == 0
 
 
 def test_the_cli_writes_the_budget_study_from_run_folders(tmp_path):

@@ -10,7 +10,8 @@ from privbench.registry import list_defenses
 
 ROOT = Path(__file__).parents[1] / "privbench"
 SHARED = ["runner.py", "cli.py", "evaluation.py", "figures.py", "leaderboard.py", "config.py", "card.py",
-          "registry.py", "engine", "attacks/base.py", "defenses/base.py"]
+          "registry.py", "engine", "attacks/base.py", "defenses/base.py", "collapse.py", "matched.py",
+          "budget.py", "worst_case.py", "seeds.py", "plane.py", "sweep.py"]
 
 
 def module_name(path: Path) -> str:

@@ -17,7 +17,8 @@ from privbench.registry import register_defense
 
 
 @register_defense("none", description="No proxy: the server segments the raw scan (baseline)",
-                  paper="Kim et al., IPMI 2023 (Baseline row)", requires=())
+                  paper="Kim et al., IPMI 2023 (Baseline row)", requires=(),
+                  published={"reid_f1": 0.988, "reid_map": 0.998, "dice_mean": 0.896})
 class NoProxy(TrainedDefense):
     """The server's U-Net++ trained directly on the scans with Dice + cross-entropy."""
 

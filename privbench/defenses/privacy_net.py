@@ -41,7 +41,8 @@ class PrivacyNetConfig:
                   "identity; the server segments the encoded scan",
                   paper="Kim, Dolz, Jodoin, Desrosiers, IEEE TMI 2021",
                   requires=(REPEATED_SCANS,),
-                  config={"privacy_net": PrivacyNetConfig, "adversary": AdversaryConfig})
+                  config={"privacy_net": PrivacyNetConfig, "adversary": AdversaryConfig},
+                  published={"reid_f1": 0.092, "reid_map": 0.202, "dice_mean": 0.813})
 class PrivacyNet(AdversarialDefense):
     """Encoder U-Net on the client, U-Net++ on the server, Siamese discriminator in training."""
 

@@ -91,7 +91,8 @@ class MixupKey:
 @register_defense("mixup", description="Mixup-Privacy: mix with a private labelled reference, "
                   "unmix the server's mixed segmentation (naive or learned, with reference TTA)",
                   paper="Kim, Dolz, Jodoin, Desrosiers, IPMI 2023", requires=("reference pool",),
-                  config=MixupConfig)
+                  config=MixupConfig,
+                  published={"reid_f1": 0.284, "reid_map": 0.352, "dice_mean": 0.889})
 class MixupPrivacy(TrainedDefense):
     """Server U-Net++ on mixtures and client-side AdaIN unmixing U-Net, trained jointly."""
 
