@@ -55,16 +55,27 @@ def numbers(card: cards.Card) -> dict[str, float]:
     """A card's headline numbers by name: ``<variant>/dice_<class>`` for every utility
     variant, ``<attack label>/<metric>`` for every finished attack."""
     out: dict[str, float] = {}
+    if not isinstance(card.utility, list) or not all(isinstance(e, dict) for e in card.utility):
+        raise PrivbenchError(f"'utility' must be a list of variants, not {card.utility!r}")
     for entry in card.utility:
-        for name, value in entry["dice"].items():
+        dice = entry.get("dice")
+        if not isinstance(dice, dict) or not isinstance(entry.get("variant"), str):
+            raise PrivbenchError(f"each 'utility' variant needs a 'variant' name and a 'dice' table, not {entry!r}")
+        for name, value in dice.items():
+            if value is not None and not _is_number(value):
+                raise PrivbenchError(f"'utility' {entry['variant']} dice {name} must be a number, not {value!r}")
             if value is not None:
                 out[f"{entry['variant']}/dice_{name}"] = float(value)
     for entry in card.attacks:
-        if entry.get("status") == "done":
+        if isinstance(entry, dict) and entry.get("status") == "done" and isinstance(entry.get("metrics"), dict):
             for name, value in entry["metrics"].items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     out[f"{entry['label']}/{name}"] = float(value)
     return out
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def speed_ratios(suite: dict[tuple[str, str, str], cards.Card]) -> dict[tuple[str, str, str], dict[str, float]]:
@@ -91,6 +102,10 @@ def load_cards(folder: str | Path) -> dict[tuple[str, str, str], cards.Card]:
     found: dict[tuple[str, str, str], cards.Card] = {}
     for path in sorted(folder.rglob(cards.CARD)):
         card = cards.load(path)
+        try:
+            numbers(card)  # a hand-edited card is checked now, naming its file
+        except PrivbenchError as exc:
+            raise PrivbenchError(f"{path}: {exc}") from None
         key = (card.task, card.defense, card.preset)
         if key not in found or card.run_id > found[key].run_id:
             found[key] = card
@@ -146,7 +161,10 @@ def update(baseline: str | Path, suite_out: str | Path) -> list[Path]:
     written = []
     for key, card in load_cards(suite_out).items():
         target = Path(baseline) / key[0] / key[1] / cards.CARD
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PrivbenchError(f"cannot write the baseline {target}: {exc.strerror or exc}") from None
         cards.write(target, card)
         written.append(target)
     return written

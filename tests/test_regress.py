@@ -90,3 +90,23 @@ def test_no_baseline_is_one_clear_error(tmp_path):
     assert result.exit_code == 2 and "no such folder" in result.stderr
     with pytest.raises(Exception, match="no result cards"):
         regress.load_cards(tmp_path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["utility"][0]["dice"].update(GM="0.8"), "dice GM must be a number, not '0.8'"),
+    (lambda d: d["utility"][0].pop("dice"), "needs a 'variant' name and a 'dice' table"),
+    (lambda d: d.update(utility="all good"), "'utility' must be a list of variants, not 'all good'"),
+])
+def test_a_hand_edited_baseline_is_one_clear_error(tmp_path, edit, message):
+    broken = _moved(tmp_path, "none", edit)
+    result = CliRunner().invoke(app, ["regress", str(broken), "--cards", str(BASELINES)])
+    assert result.exit_code == 2 and message in result.stderr and "none/card.json" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_update_where_no_folder_can_be_made_is_one_clear_error(tmp_path):
+    """A baseline folder that cannot be made (here a file stands in its way: the same OSError
+    path as a read-only folder, which root, running the tests, could still write into)."""
+    (tmp_path / "blocked").write_text("a file, not a folder")
+    result = CliRunner().invoke(app, ["regress", str(tmp_path / "blocked" / "b"), "--cards", str(BASELINES), "--update"])
+    assert result.exit_code == 2 and "cannot write the baseline" in result.stderr and "Traceback" not in result.output
