@@ -12,6 +12,7 @@ only for that engine.
 from __future__ import annotations
 
 import itertools
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,10 +166,22 @@ def run_cell(cell: Cell, grid: Grid, out: str | Path, progress: bool = False) ->
         return Outcome(cell, "failed", error=f"{type(exc).__name__}: {exc}")
 
 
+def writable(out: Path) -> None:
+    """Make ``out`` if missing; :class:`PrivbenchError` unless it is a folder privbench can write."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PrivbenchError(f"cannot put the runs in {out}: {exc.strerror or exc}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise PrivbenchError(f"cannot put the runs in {out}: the folder is not writable")
+
+
 def run(grid: Grid, out: str | Path, *, engine: str = "local", address: str | None = None,
         cpus_per_cell: int = 2, progress: bool = False) -> list[Outcome]:
-    """Run every cell of the grid (see the module); the outcomes, in the grid's order."""
+    """Run every cell of the grid (see the module); the outcomes, in the grid's order. A folder
+    for the runs that cannot be made or written is refused before the first cell."""
     todo = cells(grid)
+    writable(Path(out))
     if engine == "local":
         return [run_cell(cell, grid, out, progress) for cell in todo]
     if engine == "ray":

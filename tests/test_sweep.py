@@ -142,3 +142,11 @@ def test_the_help_shows_the_grid_tables_brackets_and_all():
     result = CliRunner().invoke(app, ["sweep", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0 and "([grid] tasks, defenses, attacks, seeds, preset, [grid.set], [grid.vary])" \
         in result.output
+
+
+def test_a_folder_for_the_runs_that_cannot_be_written_is_refused_up_front(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    for out in ("/dev/full", str(tmp_path / "file")):
+        result = CliRunner().invoke(app, ["sweep", "--defense", "none", "--preset", "test", "-o", out])
+        assert result.exit_code == 2 and f"cannot put the runs in {out}" in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
