@@ -67,6 +67,7 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
                              f"run with config {digest} under {out}")
     began = time.perf_counter()
     task = create_task(cfg.task.name, cfg=cfg)  # bad data stops the run before its folder exists
+    task.check_finite()
     data_seconds = time.perf_counter() - began
     defense: Defense = create_defense(cfg.defense)
     attackers = [create_attack(name) for name in cfg.attacks]
@@ -160,6 +161,7 @@ def attack(run_dir: str | Path, names: list[str], *, progress: bool = True) -> R
     if not os.access(run_dir, os.W_OK) or not os.access(run_dir / cards.CARD, os.W_OK):
         raise PrivbenchError(f"cannot add attacks to {run_dir}: the folder or its card is not writable")
     task = create_task(cfg.task.name, cfg=cfg)
+    task.check_finite()
     defense: Defense = create_defense(cfg.defense)
     check_requirements(task, cfg, defense)
     engine.seed_everything(cfg.seed, deterministic=device.type == "cpu")

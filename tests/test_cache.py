@@ -101,3 +101,30 @@ def test_an_incomplete_entry_in_the_way_is_replaced(tmp_path):
         (tmp / "done").write_text("new")
     assert sorted(p.name for p in final.iterdir()) == ["done"]
     assert not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_a_poisoned_cache_whose_digests_match_stops_the_run_before_its_folder(tmp_path, cache_dir):
+    """NaN voxels written into a cached training scan, the manifest's digests rewritten to match:
+    the cache check passes, the finite check does not, and the run stops with one line naming
+    the scan before it makes a run folder."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from privbench.cli import app
+
+    cfg = config.resolve("test", {"task.cache_dir": str(cache_dir)})
+    task = create_task(cfg.task.name, cfg=cfg)  # the session's cached test cohort
+    poisoned = tmp_path / "cache" / task.folder.relative_to(cache_dir)
+    shutil.copytree(task.folder, poisoned)
+    victim = poisoned / task.scans("train")[0].image.name
+    overwrite(victim)
+    manifest = json.loads((poisoned / "manifest.json").read_text())
+    manifest["files"] = {k: v for k, v in file_records(poisoned).items() if k != "manifest.json"}
+    (poisoned / "manifest.json").write_text(json.dumps(manifest))
+    mni.read_manifest(poisoned)  # the digests match: the cache check passes
+    out = tmp_path / "runs"
+    result = CliRunner().invoke(app, ["run", "--preset", "test", "--set", f"task.cache_dir={tmp_path / 'cache'}",
+                                      "--out", str(out), "--quiet"])
+    assert result.exit_code == 2 and f"{victim} holds NaN or infinite voxels" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()

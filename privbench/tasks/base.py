@@ -73,6 +73,17 @@ class Task:
         """Image and label voxels ``[D,H,W]`` as stored (memory-mapped where the file allows)."""
         return read_volume(scan.image), read_volume(scan.label)
 
+    def check_finite(self) -> None:
+        """Every scan's image holds finite voxels only, whatever a cache's digests say (a file
+        rewritten with NaN and its digest updated passes them); :class:`PrivbenchError` names
+        the first that does not, before a run trains on it."""
+        for scans in self.splits.values():
+            for scan in scans:
+                image = self.arrays(scan)[0]
+                if not all(np.isfinite(plane).all() for plane in image):  # a slice at a time: memory-mapped
+                    raise PrivbenchError(f"{scan.image} holds NaN or infinite voxels (a damaged file or cache "
+                                         "entry): replace the file, or delete the cache folder to regenerate it")
+
     def load(self, scan: Scan) -> tuple[torch.Tensor, torch.Tensor]:
         """Image ``[1,D,H,W]`` float32 in [0, 1] and label ``[D,H,W]`` int64 of one scan."""
         image, label = self.arrays(scan)
