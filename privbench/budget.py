@@ -173,7 +173,10 @@ def figure(rows: pd.DataFrame, fits: list[Fit], target: float = TARGET_GAP) -> p
     right.axhline(target, color="k", lw=0.8, ls=":")
     right.set(xscale="log", yscale="log", xlabel="training iterations", ylabel=f"gap to {BASELINE}'s Dice",
               title="gap and power-law fit (dashed: extrapolation)")
-    right.legend(fontsize=7)
+    if fits:
+        right.legend(fontsize=7)
+    else:
+        right.text(0.5, 0.5, "a fit needs two or more budgets", ha="center", transform=right.transAxes)
     fig.tight_layout()
     return fig
 
