@@ -12,7 +12,7 @@ least :data:`COLLAPSED_AT` similar to their scans on average is **collapsed**.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -24,17 +24,19 @@ COLLAPSED_AT = 0.99  # mean request-to-scan MS-SSIM from which an encoding count
 NO_ENCODING, ENCODES, COLLAPSED = "no encoding", "encodes", "collapsed"
 
 
-def measure(defense: Any, images: list[torch.Tensor], generator: torch.Generator) -> dict[str, float]:
+def measure(defense: Any, images: Iterable[torch.Tensor], generator: torch.Generator) -> dict[str, float]:
     """Mean over ``images`` (``[1,D,H,W]`` each) of the request-to-scan MS-SSIM (every request of
     a key that sends several, e.g. mixup's K mixtures) and of the defense's own measures, each
-    request encoded with a fresh key from ``generator``; also the largest MS-SSIM."""
+    request encoded with a fresh key from ``generator``; also the largest MS-SSIM. The images
+    are taken one at a time, so a generator of loaded scans never holds them all."""
     similarity, own = [], []
     for image in images:
         key = defense.new_key(generator)
         requests = defense.encode(image[None], key)
         similarity.append(float(ms_ssim3d(requests.float(), image[None].expand_as(requests).float()).mean()))
         own.append(defense.encoding_measures(image[None], key))
-    out = {"request_msssim": float(np.mean(similarity)), "request_msssim_max": float(np.max(similarity))}
+    out = {"request_msssim": float(np.mean(similarity)), "request_msssim_max": float(np.max(similarity)),
+           "scans": len(similarity)}
     return out | {name: float(np.mean([row[name] for row in own])) for name in own[0]}
 
 
@@ -46,13 +48,14 @@ def verdict(encodes: bool, request_msssim: float) -> str:
     return COLLAPSED if request_msssim >= COLLAPSED_AT else ENCODES
 
 
-def section(defense: Any, images: list[torch.Tensor], seed: int) -> tuple[dict[str, Any], str]:
+def section(defense: Any, images: Iterable[torch.Tensor], seed: int) -> tuple[dict[str, Any], str]:
     """The card's ``encoding`` section for a trained defense (keys from the run's ``encoding``
     stream, so nothing else draws from it) and its summary line."""
     found = measure(defense, images, streams.generator(seed, "encoding"))
     state = verdict(getattr(defense, "encodes", True), found["request_msssim"])
-    out = {**found, "scans": len(images), "collapsed_at": COLLAPSED_AT, "verdict": state}
-    own = ", ".join(f"{name} {value:.3g}" for name, value in found.items() if not name.startswith("request_"))
+    out = {**found, "collapsed_at": COLLAPSED_AT, "verdict": state}
+    own = ", ".join(f"{name} {value:.3g}" for name, value in found.items()
+                    if not name.startswith("request_") and name != "scans")
     line = f"encoding: request-to-scan MS-SSIM {found['request_msssim']:.3f}" + (f", {own}" if own else "")
     if state == COLLAPSED:
         line += (f" -> COLLAPSED: the requests are nearly the scans (>= {COLLAPSED_AT}); this run "

@@ -103,7 +103,7 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
         for entry in evaluation.utility:
             log.info("test dice (%s): %s", entry["variant"], entry["dice"])
         encoding, encoding_line = _stage(f"the encoding measures of {cfg.defense}", collapse.section, defense,
-                                         [task.load(scan)[0] for scan in task.scans("test")], cfg.seed)
+                                         (task.load(scan)[0] for scan in task.scans("test")), cfg.seed)
         finite.require(encoding, f"the encoding measures of {cfg.defense}")
         log.info("%s", encoding_line)
         attacks = [run_attack(attacker, defense, task, cfg, run_dir=run_dir, progress=progress)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from privbench.attacks.disc_retrieval import angles, map_at
-from privbench.defenses.adversarial import VolumeEmbedder
+from privbench.defenses.adversarial import DiscriminatorEmbedder
 from privbench.nets import SiameseDiscriminator
 
 
@@ -30,7 +30,8 @@ def test_map_at_5_is_privacy_nets():
 def test_the_embedder_crops_whole_volumes_and_angles_are_zero_on_the_diagonal():
     torch.manual_seed(0)
     disc = SiameseDiscriminator((4, 8))
-    embedder = VolumeEmbedder(disc, 2, torch.device("cpu"))
+    embedder = DiscriminatorEmbedder(disc, torch.device("cpu"))
+    assert embedder.multiple == 4  # two pooling blocks
     volumes = [torch.rand(1, 1, 18, 21, 17) for _ in range(3)]
     codes = embedder(volumes[0])
     assert codes.shape == (1, 8 * 4 * 5 * 4) and torch.allclose(codes.norm(dim=1), torch.ones(1))

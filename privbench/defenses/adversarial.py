@@ -100,8 +100,8 @@ class AdversarialDefense(TrainedDefense):
 
         return validate
 
-    def identity_embedder(self) -> "VolumeEmbedder":
-        return VolumeEmbedder(self.discriminator, len(self.discriminator_features), self.device)
+    def identity_embedder(self) -> "DiscriminatorEmbedder":
+        return DiscriminatorEmbedder(self.discriminator, self.device)
 
     @abc.abstractmethod
     def build_encoder(self, cfg: RunConfig, spacing: float) -> torch.nn.Module:
@@ -125,7 +125,6 @@ class AdversarialDefense(TrainedDefense):
         self.encoder = self.build_encoder(cfg, self.spacing).to(device)
         self.net = SegmentationNet(1, num_classes, cfg.train.features).to(device)
         self.discriminator = SiameseDiscriminator(cfg.adversary.features).to(device)
-        self.discriminator_features = cfg.adversary.features
         optimizer = torch.optim.Adam([*self.encoder.parameters(), *self.net.parameters()], lr=cfg.train.lr)
         disc_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.train.lr)
         self.state = {"encoder": self.encoder, "net": self.net, "discriminator": self.discriminator,
@@ -170,13 +169,14 @@ class AdversarialDefense(TrainedDefense):
         return step
 
 
-class VolumeEmbedder(torch.nn.Module):
+class DiscriminatorEmbedder(torch.nn.Module):
     """A copy of a trained :class:`~privbench.nets.SiameseDiscriminator` that embeds whole volumes:
     each is cropped (centred) to a multiple of the network's pooling, then embedded as in training."""
 
-    def __init__(self, discriminator: SiameseDiscriminator, blocks: int, device: torch.device):
+    def __init__(self, discriminator: SiameseDiscriminator, device: torch.device):
         super().__init__()
-        self.net, self.multiple, self.device = copy.deepcopy(discriminator).eval(), 2 ** blocks, device
+        self.net, self.device = copy.deepcopy(discriminator).eval(), device
+        self.multiple = 2 ** sum(isinstance(layer, torch.nn.MaxPool3d) for layer in self.net.body)
 
     @torch.no_grad()
     def forward(self, volume: torch.Tensor) -> torch.Tensor:

@@ -161,7 +161,8 @@ class TrainedDefense(Defense):
                                        task.num_classes)[0] for image, label in volumes]).numpy()
             encoding = collapse.measure(self, [image for image, _ in volumes],
                                         streams.generator(cfg.seed, "validation", "encoding"))
-            measured = {f"val_{name}": value for name, value in encoding.items() if name != "request_msssim_max"}
+            measured = {f"val_{name}": value for name, value in encoding.items()
+                        if name not in ("request_msssim_max", "scans")}
             means = {c: float(np.nanmean(scores[:, i])) for i, c in enumerate(classes)
                      if np.isfinite(scores[:, i]).any()}
             if not means:
