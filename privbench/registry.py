@@ -27,10 +27,12 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
+import inspect
 import pkgutil
 import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from privbench.errors import PrivbenchError
@@ -106,9 +108,11 @@ class Registry:
         return ((f"attack.{section}" if self.kind == "attack" else section, config),)
 
     def add(self, entry: Entry) -> None:
-        """Add an entry; registering a different factory under a taken name is an error."""
+        """Add an entry; registering a different factory under a taken name is an error. The
+        same definition imported again (its module reloaded, or reached as an installed plugin
+        and from its source tree) is the same component: the newer import replaces the entry."""
         old = self._entries.get(entry.name)
-        if old is not None and old.factory is not entry.factory:
+        if old is not None and old.factory is not entry.factory and _defined_at(old.factory) != _defined_at(entry.factory):
             raise ValueError(f"{self.kind} {entry.name!r} is already registered by {old.source}")
         self._entries[entry.name] = entry
 
@@ -156,6 +160,16 @@ class Registry:
                 self.add(Entry(ep.name, self.kind, obj, doc[0] if doc else "",
                                getattr(obj, "paper", ""), tuple(getattr(obj, "requires", ())),
                                ep.value, self.sections_of(ep.name, getattr(obj, "Config", None))))
+
+
+def _defined_at(factory: Callable[..., Any]) -> tuple[str, int, str]:
+    """Where a factory is defined: its source file (module name where there is none), line and
+    name."""
+    try:
+        return (str(Path(inspect.getfile(factory)).resolve()), inspect.getsourcelines(factory)[1],
+                factory.__qualname__)
+    except (TypeError, OSError, AttributeError):
+        return getattr(factory, "__module__", "") or "?", 0, repr(factory)
 
 
 def _origin(factory: Callable[..., Any]) -> str:

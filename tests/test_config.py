@@ -61,8 +61,11 @@ def _float_keys():
     import typing
 
     out = []
-    sections = {"task": config.TaskConfig, "train": config.TrainConfig, "eval": config.EvalConfig,
-                **config.component_sections()}
+    from privbench.registry import REGISTRIES
+
+    builtin = {name: kind for reg in REGISTRIES.values() for entry in reg.entries()
+               if entry.source == "privbench" for name, kind in entry.sections}  # whatever plugins are installed
+    sections = {"task": config.TaskConfig, "train": config.TrainConfig, "eval": config.EvalConfig, **builtin}
     for name, cls in sections.items():
         for f in dataclasses.fields(cls):
             kind = typing.get_type_hints(cls)[f.name]

@@ -42,6 +42,22 @@ def test_duplicate_registration_is_refused():
         reg.register("x", description="second")(lambda: 2)
 
 
+def test_one_definition_imported_twice_is_one_registration(tmp_path, monkeypatch):
+    """A plugin installed in editable mode and also reached from its source tree (or reloaded) is
+    imported twice, giving two class objects of one definition: that is not a second component."""
+    reg = Registry("toy", "privbench.attacks", "privbench.toy-group-nobody-uses")
+    (tmp_path / "twice_imported.py").write_text("class Toy:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first = importlib.import_module("twice_imported")
+    reg.register("toy", description="first import")(first.Toy)
+    del sys.modules["twice_imported"]
+    second = importlib.import_module("twice_imported")
+    assert second.Toy is not first.Toy
+    reg.register("toy", description="second import")(second.Toy)
+    assert reg.get("toy").factory is second.Toy
+    monkeypatch.delitem(sys.modules, "twice_imported")
+
+
 def test_entry_point_plugins_are_discovered(tmp_path, monkeypatch):
     (tmp_path / "toy_plugin.py").write_text(textwrap.dedent('''
         from privbench.registry import register_attack
