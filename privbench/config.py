@@ -356,11 +356,16 @@ def validate(cfg: RunConfig) -> None:
             section.validate(cfg)
 
 
-def to_dict(cfg: RunConfig) -> dict[str, Any]:
+def to_dict(cfg: RunConfig, *, used_only: bool = False) -> dict[str, Any]:
     """The config as plain JSON-able data (tuples become lists; ``attack.bss`` nests as
-    ``{"attack": {"bss": ...}}``)."""
+    ``{"attack": {"bss": ...}}``). With ``used_only``, only the run-level sections and those of
+    the components the run uses (:func:`used_sections`): what a card records, so that removing
+    an unrelated plugin leaves the run readable."""
     data: dict[str, Any] = {name: getattr(cfg, name) for name in RUN_FIELDS}
+    used = set(RUN_SECTIONS) | set(used_sections(cfg)) if used_only else None
     for name, section in _sections(cfg).items():
+        if used is not None and name not in used:
+            continue
         *parents, leaf = name.split(".")
         node = data
         for part in parents:
@@ -370,9 +375,18 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
 
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
-    """Rebuild a config written by :func:`to_dict` (e.g. from a card)."""
-    cfg = RunConfig()
+    """Rebuild a config written by :func:`to_dict` (e.g. from a card): the values it records over
+    its preset's (so a section it does not record, e.g. an attack added later, takes the preset's
+    values). Sections of components that are no longer installed (a removed plugin's) are set
+    aside; an unknown key of a known section is an error."""
+    preset = data.get("preset", "quick")
+    task = (data.get("task") or {}).get("name", TaskConfig.name)
+    cfg = _build(preset, task_defaults(task, preset), {}, []) if preset in PRESETS else RunConfig()
+    known = _sections(cfg)
     for key, value in _flatten(data).items():
+        section = key.rpartition(".")[0]
+        if section and section not in known and not any(name.startswith(f"{section}.") for name in known):
+            continue  # a removed component's section: nothing this code can use
         set_value(cfg, key, value)
     return cfg
 

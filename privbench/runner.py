@@ -83,7 +83,8 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
         return RunResult(run_dir, None)
     started_with = cards.environment(device)  # the code and libraries as the run starts, not as it ends
     with _interruptible(run_dir), _log_to(run_dir / "run.log"):
-        cards.write_json_atomic(run_dir / cards.CONFIG, {"config": to_dict(cfg), "config_hash": digest})
+        cards.write_json_atomic(run_dir / cards.CONFIG, {"config": to_dict(cfg, used_only=True),
+                                                            "config_hash": digest})
         log.info("run %s: task %s, defense %s, preset %s, seed %d, config %s", run_dir.name,
                  cfg.task.name, cfg.defense, cfg.preset, cfg.seed, digest)
         log.info("precision: %s (%s); data ready in %.1f s: %s", chosen.dtype, chosen.reason,
@@ -110,8 +111,8 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
                    for attacker in attackers]
         study = _stage(f"the study of {cfg.defense}", defense.study, task, cfg, attackers,
                        run_dir=run_dir, progress=progress) or Study()
-        card = Card(run_dir.name, cfg.task.name, cfg.defense, cfg.preset, cfg.seed, digest, to_dict(cfg),
-                    timings, evaluation.utility, attacks,
+        card = Card(run_dir.name, cfg.task.name, cfg.defense, cfg.preset, cfg.seed, digest,
+                    to_dict(cfg, used_only=True), timings, evaluation.utility, attacks,
                     {"checkpoint": engine.CHECKPOINT, "log": "run.log", "per_scan": PER_SCAN,
                      **progress_files, **evaluation.files, **study.files},
                     data=task.summary(), **started_with, precision=chosen.card(),
@@ -152,6 +153,10 @@ def attack(run_dir: str | Path, names: list[str], *, progress: bool = True) -> R
     it ran."""
     run_dir = Path(run_dir)
     card = cards.load(run_dir / cards.CARD)
+    for registry, name in ((TASKS, card.task), (DEFENSES, card.defense)):
+        if name not in registry.names():
+            raise PrivbenchError(f"{registry.kind} {name!r} is not installed (it came from a plugin: "
+                                 f"install it again to attack this run)")
     cfg = from_dict(card.config)
     names = list(dict.fromkeys(names))  # an attack named twice runs once
     for name in names:

@@ -183,3 +183,26 @@ def test_a_task_can_declare_its_own_section(monkeypatch):
         config.resolve("quick", ["toy_task.noise=0.9"]))  # runs on other tasks ignore it
     with pytest.raises(PrivbenchError, match=r"toy_task.noise must be in \[0, 1\]"):
         config.resolve("quick", ["task.name=toy-task", "toy_task.noise=2"])
+
+
+def test_a_card_written_with_a_removed_plugin_still_reads():
+    """An older card recorded every registered section, a removed plugin's too: those are set
+    aside; an unknown key of a section privbench knows is still an error."""
+    data = config.to_dict(config.resolve("test", ["train.iterations=7"]))
+    data["gone_defense"] = {"strength": 1.0}
+    data["attack"]["gone_attack"] = {"bins": 3}
+    cfg = config.from_dict(data)
+    assert cfg.train.iterations == 7 and cfg.preset == "test"
+    data["train"]["nonsense"] = 1
+    with pytest.raises(PrivbenchError, match="train.nonsense"):
+        config.from_dict(data)
+
+
+def test_a_card_records_only_what_its_run_uses_and_reads_back_with_the_presets_values():
+    cfg = config.resolve("test", ["attack.bss.iterations=11"], defense="mixup", attacks=("bss",))
+    data = config.to_dict(cfg, used_only=True)
+    assert set(data) - set(config.RUN_FIELDS) == {"task", "train", "eval", "mixup", "attack"}
+    assert set(data["attack"]) == {"bss"}
+    again = config.from_dict(data)
+    assert config.config_hash(again) == config.config_hash(cfg) and again.attack.bss.iterations == 11
+    assert again.attack.separation == config.resolve("test").attack.separation  # the preset's, not the bare defaults'

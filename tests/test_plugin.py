@@ -87,3 +87,28 @@ def test_blur_blurs_and_the_plugin_runs_through_the_cli(installed, tmp_path):
     assert 0 <= card["utility"][0]["dice"]["mean"] <= 1
     defenses, attacks = (CliRunner().invoke(app, ["list", kind]).output for kind in ("defenses", "attacks"))
     assert "blur" in defenses and "sigma" in defenses and "histogram" in attacks
+
+
+def test_runs_outlive_a_removed_plugin(installed, tmp_path, monkeypatch):
+    """A card records only the sections its run uses, so removing a plugin leaves every other run
+    attackable; a run of the removed plugin's own defense is refused with one line."""
+    runner = CliRunner()
+    for defense in ("none", "blur"):
+        result = runner.invoke(app, ["run", "--preset", "test", "--defense", defense, "--out", str(tmp_path),
+                                     "--quiet"])
+        assert result.exit_code == 0, result.output
+    (none_run,), (blur_run,) = (list(tmp_path.glob(f"mni-tissue/{d}/*/card.json")) for d in ("none", "blur"))
+    recorded = json.loads(none_run.read_text())["config"]
+    assert "blur" not in recorded and "mixup" not in recorded and "attack" not in recorded
+    assert json.loads((none_run.parent / "config.json").read_text())["config"] == recorded
+    for reg in registry.REGISTRIES.values():  # pip uninstall: only the built-ins are left
+        monkeypatch.setattr(reg, "_entries", {n: e for n, e in reg._entries.items() if e.source == "privbench"})
+    assert "blur" not in registry.list_defenses()
+
+    result = runner.invoke(app, ["attack", str(none_run.parent), "-a", "reid", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert [e["attack"] for e in json.loads(none_run.read_text())["attacks"]] == ["reid"]
+    result = runner.invoke(app, ["attack", str(blur_run.parent), "-a", "reid", "--quiet"])
+    assert result.exit_code == 2
+    assert result.output.strip() == ("error: defense 'blur' is not installed (it came from a plugin: "
+                                     "install it again to attack this run)")

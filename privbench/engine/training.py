@@ -287,7 +287,12 @@ def save_checkpoint(workdir: Path, state: dict[str, Any], iteration: int, name: 
     through a file object, so the archive's inner names do not depend on the file's name."""
     payload = {"iteration": iteration, "state": {k: v.state_dict() for k, v in state.items()}}
     with io.atomic_path(workdir / name) as tmp, open(tmp, "wb") as handle:
-        torch.save(payload, handle)
+        try:
+            torch.save(payload, handle)
+        except RuntimeError as exc:  # torch wraps a failed write (a full disk) in its own error
+            if isinstance(exc.__context__, OSError):
+                raise exc.__context__ from None  # the OSError: one line naming the file, not a traceback
+            raise
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
