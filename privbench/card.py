@@ -28,6 +28,7 @@ from privbench.errors import PrivbenchError
 
 CARD = "card.json"
 CONFIG = "config.json"
+STOPPED = "stopped.json"  # a run stopped on a non-finite number: why, in place of a card
 LOCK = ".card.lock"  # held while a card is read, changed and written (privbench attack)
 CARD_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -112,11 +113,12 @@ def new_run_dir(out: Path, task: str, defense: str, config_hash: str) -> Path:
 
 
 def find_resumable(out: Path, task: str, defense: str, config_hash: str) -> Path | None:
-    """The newest unfinished run (checkpoint, no card) of the same config, if any."""
+    """The newest unfinished run (checkpoint, no card) of the same config, if any; a run that
+    stopped on a non-finite number (:data:`STOPPED`) would stop again, and is not one."""
     parent = Path(out) / task / defense
     candidates = sorted(parent.glob(f"*-{config_hash}*"), key=_creation_order) if parent.is_dir() else []
     for run_dir in reversed(candidates):
-        if (run_dir / "checkpoint.pt").exists() and not (run_dir / CARD).exists():
+        if (run_dir / "checkpoint.pt").exists() and not (run_dir / CARD).exists() and not (run_dir / STOPPED).exists():
             return run_dir
     return None
 

@@ -198,10 +198,14 @@ def leaderboard(
 ) -> None:
     """Collect every result card under ROOT into a CSV and a Markdown table."""
     from privbench import leaderboard as boards
+    from privbench.card import STOPPED
 
     board = boards.collect(root)
     for path, reason in board.unreadable:
         errors.print(f"[yellow]warning:[/] skipped {path}: {reason}", highlight=False, soft_wrap=True)
+    for path in board.stopped:
+        errors.print(f"[yellow]warning:[/] no card in {path}: the run stopped on a non-finite number "
+                     f"(see its {STOPPED})", highlight=False, soft_wrap=True)
     if columns and not board.table.empty:
         board.table = boards.select(board.table, [c.strip() for c in columns.split(",") if c.strip()])
     boards.write(board, output, markdown)

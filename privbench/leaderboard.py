@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from privbench import collapse, figures, matched, plane, seeds, worst_case
-from privbench.card import CARD, Card, load, write_text_atomic
+from privbench.card import CARD, STOPPED, Card, load, write_text_atomic
 from privbench.errors import PrivbenchError
 
 ID_COLUMNS = ["task", "defense", "variant", "attack", "seed", "preset", "changes"]
@@ -34,12 +34,14 @@ MATCHED_NOTE = ("Each defense's best mean Dice (± 95% CI over seeds) among its 
 
 @dataclass
 class Leaderboard:
-    """The rows built from readable cards, and the cards that could not be read (path, reason)."""
+    """The rows built from readable cards, the cards that could not be read (path, reason), and
+    the run folders that stopped on a non-finite number without a card."""
 
     table: pd.DataFrame
     unreadable: list[tuple[Path, str]]
     worst: pd.DataFrame = field(default_factory=pd.DataFrame)  # strongest attacks per (task, preset, defense)
     seeds: pd.DataFrame = field(default_factory=pd.DataFrame)  # runs differing only in seed, summarised
+    stopped: list[Path] = field(default_factory=list)
 
 
 def card_rows(card: Card) -> list[dict[str, Any]]:
@@ -89,7 +91,8 @@ def collect(root: str | Path) -> Leaderboard:
         metrics = sorted(c for c in table.columns if c not in ID_COLUMNS + WORST_COLUMNS + TAIL_COLUMNS)
         table = table[ID_COLUMNS + WORST_COLUMNS + metrics + TAIL_COLUMNS].sort_values(["task", "defense", "variant", "seed"], kind="stable")
     table = table.reset_index(drop=True)
-    return Leaderboard(table, unreadable, worst_case.per_defense(table), seeds.summarise(table))
+    stopped = sorted(path.parent for path in root.rglob(STOPPED) if not (path.parent / CARD).exists())
+    return Leaderboard(table, unreadable, worst_case.per_defense(table), seeds.summarise(table), stopped)
 
 
 def select(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:

@@ -82,7 +82,7 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
         distributed.finish()
         return RunResult(run_dir, None)
     started_with = cards.environment(device)  # the code and libraries as the run starts, not as it ends
-    with _interruptible(run_dir), _log_to(run_dir / "run.log"):
+    with _marked_if_stopped(run_dir), _interruptible(run_dir), _log_to(run_dir / "run.log"):
         cards.write_json_atomic(run_dir / cards.CONFIG, {"config": to_dict(cfg, used_only=True),
                                                             "config_hash": digest})
         log.info("run %s: task %s, defense %s, preset %s, seed %d, config %s", run_dir.name,
@@ -219,6 +219,19 @@ def _stage(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return fn(*args, **kwargs)
     except NonFiniteError as exc:
         raise NonFiniteError(f"{what} stopped: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _marked_if_stopped(run_dir: Path) -> Iterator[None]:
+    """A run stopped on a non-finite number leaves :data:`~privbench.card.STOPPED` (why) in its
+    folder in place of a card, so no leaderboard, sweep or ``--resume`` takes it for a run in
+    progress."""
+    try:
+        yield
+    except NonFiniteError as exc:
+        cards.write_json_atomic(run_dir / cards.STOPPED, {"stopped": "non-finite", "message": str(exc),
+                                                          "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        raise
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from privbench import config
-from privbench.card import CARD, find_resumable
+from privbench.card import CARD, STOPPED, find_resumable
 from privbench.errors import Interrupted, PrivbenchError
 
 
@@ -137,13 +137,15 @@ def cells(grid: Grid) -> list[Cell]:
 
 
 def state(cfg: config.RunConfig, out: Path) -> tuple[str, Path | None]:
-    """``finished`` (a card of this config hash exists), ``unfinished`` (a checkpoint without a
-    card) or ``new``, with the run folder where there is one."""
+    """``finished`` (a card of this config hash exists), ``stopped`` (a run of it stopped on a
+    non-finite number: rerun, it would stop again), ``unfinished`` (a checkpoint without a card)
+    or ``new``, with the run folder where there is one."""
     digest = config.config_hash(cfg)
     parent = out / cfg.task.name / cfg.defense
-    finished = sorted(parent.glob(f"*-{digest}*/{CARD}")) if parent.is_dir() else []
-    if finished:
-        return "finished", finished[-1].parent
+    for kind, marker in (("finished", CARD), ("stopped", STOPPED)):
+        found = sorted(parent.glob(f"*-{digest}*/{marker}")) if parent.is_dir() else []
+        if found:
+            return kind, found[-1].parent
     resumable = find_resumable(out, cfg.task.name, cfg.defense, digest)
     return ("unfinished", resumable) if resumable else ("new", None)
 
@@ -158,6 +160,9 @@ def run_cell(cell: Cell, grid: Grid, out: str | Path, progress: bool = False) ->
         kind, run_dir = state(cfg, out)
         if kind == "finished":
             return Outcome(cell, "skipped", str(run_dir))
+        if kind == "stopped":
+            return Outcome(cell, "failed", str(run_dir), f"it stopped on a non-finite number before (see "
+                                                         f"{run_dir / STOPPED}); change its settings to run it again")
         result = runner.run(cfg, out=out, resume=kind == "unfinished", progress=progress)
         return Outcome(cell, "resumed" if kind == "unfinished" else "done", str(result.run_dir))
     except (KeyboardInterrupt, Interrupted):  # Ctrl-C stops the sweep; the cell keeps its checkpoint

@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from privbench import card as cards
-from privbench import engine, finite
+from privbench import engine, finite, leaderboard, sweep
 from privbench.attacks.reid import Reidentification
 from privbench.cli import EXIT_NON_FINITE, app
 from privbench.config import TrainConfig
@@ -52,6 +52,21 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, 
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
     assert "run failed: none training stopped at iteration 5" in (run_dir / "run.log").read_text()
     assert (run_dir / "config.json").exists()
+    stopped = json.loads((run_dir / "stopped.json").read_text())  # marked: not a run in progress
+    assert stopped["stopped"] == "non-finite" and stopped["message"] == message.removeprefix("error: ")
+
+    again = run_test_preset(tmp_path, "--set", "train.iterations=8", "--set", "train.checkpoint_every=2",
+                            "--resume")
+    assert again.exit_code == 2 and "nothing to resume" in again.stderr  # it would stop again
+    board = leaderboard.collect(tmp_path)
+    assert board.table.empty and board.stopped == [run_dir]
+    shown = cli.invoke(app, ["leaderboard", str(tmp_path), "-o", str(tmp_path / "board.csv")])
+    assert f"no card in {run_dir}: the run stopped on a non-finite number (see its stopped.json)" in shown.stderr
+    grid = sweep.Grid(tasks=["mni-tissue"], defenses=["none"], seeds=[0], preset="test",
+                      sets={"train.iterations": 8, "train.checkpoint_every": 2})
+    (outcome,) = sweep.run(grid, tmp_path)
+    assert outcome.status == "failed" and "stopped on a non-finite number before" in outcome.error
+    assert [p for p in tmp_path.glob("*/*/*") if p.is_dir()] == [run_dir]  # not run again
 
 
 def test_non_finite_weights_are_never_saved(tmp_path):
