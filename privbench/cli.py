@@ -45,23 +45,29 @@ EXIT_USER_ERROR, EXIT_NON_FINITE, EXIT_INTERRUPTED = 2, 3, 130
 
 def _friendly(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turn errors a user can meet into one line on stderr (unless --debug): exit code 2 for
-    bad input, 3 for a run stopped by a NaN or infinite number, 130 for Ctrl-C."""
+    bad input, 3 for a run stopped by a NaN or infinite number, 130 for Ctrl-C. Under torchrun
+    every rank exits with the code, and rank 0 alone prints the line."""
+
+    def say(message: Any) -> None:
+        from privbench.engine import distributed
+
+        if distributed.speaks():
+            errors.print(message, highlight=False, soft_wrap=True, markup=False)
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except Interrupted as exc:
-            errors.print(str(exc), highlight=False, soft_wrap=True, markup=False)
+            say(str(exc))
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except PrivbenchError as exc:
             if _state["debug"]:
                 raise
-            errors.print(Text.assemble(("error:", "bold red"), f" {exc}"), highlight=False, soft_wrap=True)
-            code = EXIT_NON_FINITE if isinstance(exc, NonFiniteError) else EXIT_USER_ERROR
-            raise typer.Exit(code) from None
+            say(Text.assemble(("error:", "bold red"), f" {exc}"))
+            raise typer.Exit(EXIT_NON_FINITE if isinstance(exc, NonFiniteError) else EXIT_USER_ERROR) from None
         except KeyboardInterrupt:
-            errors.print("interrupted; nothing was written (no run folder was created)")
+            say("interrupted; nothing was written (no run folder was created)")
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper

@@ -297,3 +297,12 @@ def test_concurrent_attack_processes_on_one_run_each_keep_their_entry(finished_r
         assert process.wait(timeout=300) == 0, process.stderr.read()
     attacks = [entry["attack"] for entry in json.loads((run_dir / "card.json").read_text())["attacks"]]
     assert sorted(attacks) == sorted(names)
+
+
+@pytest.mark.parametrize("rank, shown", [("0", True), ("1", False)])
+def test_under_torchrun_the_error_line_is_printed_once_by_rank_0(monkeypatch, rank, shown):
+    monkeypatch.setenv("RANK", rank)  # as torchrun sets it in each process, before they join
+    result = CliRunner().invoke(app, ["run", "--set", "train.lr=fast"])
+    assert result.exit_code == 2  # every rank stops
+    assert result.stderr.strip().startswith("error: bad value for train.lr") is shown
+    assert (result.stderr.strip() == "") is not shown

@@ -31,6 +31,12 @@ def rank() -> int:
     return dist.get_rank() if active() else 0
 
 
+def speaks() -> bool:
+    """Whether this process is the one that tells the user: rank 0 under torchrun (which sets
+    ``RANK`` in every process, before or after they join), or the only process."""
+    return rank() == 0 if active() else os.environ.get("RANK", "0") == "0"
+
+
 def world() -> int:
     return dist.get_world_size() if active() else 1
 
