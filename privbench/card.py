@@ -170,12 +170,16 @@ def locked(run_dir: Path) -> Iterator[None]:
 
 def add_attacks(path: Path, entries: list[dict[str, Any]]) -> Card:
     """Put attack ``entries`` into the card at ``path`` (replacing its entries of the same
-    attacks), reading it afresh under the card lock: attacks added by another process while
-    these ran are kept. Returns the card written."""
+    attacks and labels: ``bss`` and ``bss@iterations=3000`` are two), reading it afresh under the
+    card lock: attacks added by another process while these ran are kept. Returns the card
+    written."""
+    def key(entry: dict[str, Any]) -> tuple[str, str]:
+        return entry["attack"], entry.get("label", entry["attack"])
+
     with locked(Path(path).parent):
         card = load(path)
-        names = {entry["attack"] for entry in entries}
-        card.attacks = [e for e in card.attacks if e["attack"] not in names] + entries
+        new = {key(entry) for entry in entries}
+        card.attacks = [e for e in card.attacks if key(e) not in new] + entries
         write(path, card)
     return card
 

@@ -102,12 +102,15 @@ def run(
 def attack_(
     run_dir: Path = typer.Argument(..., help="A finished run's folder (runs/<task>/<defense>/<run-id>)."),
     attack: list[str] = typer.Option(..., "--attack", "-a", help="Attack to run (repeatable)."),
+    overrides: list[str] = typer.Option([], "--set", "-s",
+                                        help="An attack's own setting, e.g. attack.bss.iterations=3000 "
+                                             "(repeatable; the entry is labelled bss@iterations=3000)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Run attacks against a finished run's trained defense and add them to its card."""
     from privbench import runner
 
-    _print_card(runner.attack(run_dir, attack, progress=not quiet))
+    _print_card(runner.attack(run_dir, attack, overrides=overrides, progress=not quiet))
 
 
 def _print_card(result: RunResult) -> None:

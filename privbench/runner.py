@@ -26,7 +26,7 @@ from privbench.card import Card
 from privbench.attacks.base import Attack, attack_config, card_entry, execute
 from privbench import collapse, convergence, engine, finite, precision, resources
 from privbench.engine import distributed
-from privbench.config import RunConfig, config_hash, from_dict, to_dict
+from privbench.config import RunConfig, config_hash, from_dict, set_value, split_item, to_dict, validate
 from privbench.defenses.base import Defense
 from privbench.errors import Interrupted, NonFiniteError, PrivbenchError
 from privbench.evaluation import PER_SCAN, Study
@@ -145,12 +145,17 @@ def _training_timings(report: engine.TrainReport) -> dict[str, Any]:
             "train_seconds_per_iteration": 1 / report.it_per_s if report.it_per_s else None}
 
 
-def attack(run_dir: str | Path, names: list[str], *, progress: bool = True) -> RunResult:
+def attack(run_dir: str | Path, names: list[str], *, overrides: list[str] | None = None,
+           progress: bool = True) -> RunResult:
     """Run the attacks ``names`` (each once) against the trained defense of a finished run and
-    add them to its card (replacing earlier entries of the same attacks; entries that other
-    processes add meanwhile are kept: the card is re-read and written under its lock). The defense is restored from the
-    run's final checkpoint, which is only read; each new entry records when and with which code
-    it ran."""
+    add them to its card (replacing earlier entries of the same attacks and settings; entries
+    that other processes add meanwhile are kept: the card is re-read and written under its
+    lock). The defense is restored from the run's final checkpoint, which is only read; each new
+    entry records when and with which code it ran.
+
+    ``overrides`` (``attack.bss.iterations=3000``) change the named attacks' own settings only;
+    an attack run with overrides is labelled with them (``bss@iterations=3000``), so one run's
+    card can hold an attacker at several budgets, all scored on the same requests."""
     run_dir = Path(run_dir)
     card = cards.load(run_dir / cards.CARD)
     for registry, name in ((TASKS, card.task), (DEFENSES, card.defense)):
@@ -162,6 +167,7 @@ def attack(run_dir: str | Path, names: list[str], *, progress: bool = True) -> R
     for name in names:
         ATTACKS.get(name)
     cfg.attacks = tuple(names)
+    labels = _apply_attack_overrides(cfg, names, overrides or [])
     device = engine.resolve_device(cfg.device)
     if not os.access(run_dir, os.W_OK) or not os.access(run_dir / cards.CARD, os.W_OK):
         raise PrivbenchError(f"cannot add attacks to {run_dir}: the folder or its card is not writable")
@@ -174,11 +180,46 @@ def attack(run_dir: str | Path, names: list[str], *, progress: bool = True) -> R
     with _interruptible(None), _log_to(run_dir / "run.log"):
         log.info("attack %s with %s", run_dir.name, ", ".join(names))
         added = {"added": time.strftime("%Y-%m-%dT%H:%M:%S"), **cards.environment(device)}
-        entries = [run_attack(create_attack(name), defense, task, cfg, run_dir=run_dir, progress=progress)
+        entries = [_labelled_attack(name, labels.get(name), defense, task, cfg, run_dir, progress)
                    | {"added_later": added} for name in names]
         card = cards.add_attacks(run_dir / cards.CARD, entries)  # re-read under a lock: others' entries stay
         log.info("card updated: %s", run_dir / cards.CARD)
     return RunResult(run_dir, card)
+
+
+def _labelled_attack(name: str, label: dict[str, Any] | None, defense: Defense, task: Task, cfg: RunConfig,
+                     run_dir: Path, progress: bool) -> dict[str, Any]:
+    """One attack's card entry; an attack run with overrides writes its files (and keeps its
+    checkpoints) in ``attacks/<label>/`` of the run folder, beside the default one's, not over them."""
+    if label is None:
+        return run_attack(create_attack(name), defense, task, cfg, run_dir=run_dir, progress=progress)
+    where = run_dir / "attacks" / label["label"]
+    where.mkdir(parents=True, exist_ok=True)
+    entry = run_attack(create_attack(name), defense, task, cfg, run_dir=where, progress=progress) | label
+    if "files" in entry:
+        entry["files"] = {k: f"attacks/{label['label']}/{v}" for k, v in entry["files"].items()}
+    return entry
+
+
+def _apply_attack_overrides(cfg: RunConfig, names: list[str], overrides: list[str]) -> dict[str, dict[str, Any]]:
+    """Set ``overrides`` (``key=value``) on ``cfg``, where each key must be a setting of one of
+    the attacks ``names``; the label and overrides each overridden attack's card entry carries."""
+    sections = {section: name for name in names for section, _ in ATTACKS.get(name).sections}
+    changed: dict[str, dict[str, Any]] = {}
+    for item in overrides:
+        key, value = split_item(item)
+        section, _, leaf = key.rpartition(".")
+        if section not in sections:
+            own = ", ".join(f"{s}.*" for s in sections) or "none: these attacks have no settings"
+            raise PrivbenchError(f"privbench attack --set {key}: only the named attacks' own settings can "
+                                 f"change here ({own})")
+        set_value(cfg, key, value)
+        changed.setdefault(sections[section], {})[leaf] = getattr(cfg.sections[section], leaf)
+    validate(cfg)
+    return {name: {"label": f"{name}@" + ",".join(f"{k}={v}" for k, v in values.items()),
+                   "overrides": {f"{section}.{k}": v for section, owner in sections.items() if owner == name
+                                 for k, v in values.items()}}
+            for name, values in changed.items()}
 
 
 def check_requirements(task: Task, cfg: RunConfig, defense: Defense | None = None) -> None:

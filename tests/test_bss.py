@@ -1,4 +1,7 @@
 
+import json
+import shutil
+
 import pytest
 import torch
 
@@ -92,3 +95,34 @@ def test_bss_in_a_full_run_and_not_applicable_to_none(trained_run):
     assert (mixup.run_dir / bss.FIGURE).exists()
     (entry,) = [e for e in trained_run("none").card.attacks if e["attack"] == "bss"]
     assert entry["status"] == "not applicable" and "not none" in entry["reason"]
+
+
+def test_one_run_holds_bss_at_several_budgets_on_the_same_requests(trained_run, tmp_path):
+    """``privbench attack --set attack.bss.iterations=N`` adds an entry labelled with its budget,
+    beside the default one, with its files in its own folder; the calibration rows are those of
+    the same requests."""
+    from typer.testing import CliRunner
+
+    from privbench.cli import app
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run("mixup").run_dir, run_dir)
+    cli = CliRunner()
+    for iterations in (2, 4, 4):  # the second 4 replaces the first
+        result = cli.invoke(app, ["attack", str(run_dir), "-a", "bss", "--set", f"attack.bss.iterations={iterations}",
+                                  "-q"])
+        assert result.exit_code == 0, result.output
+    card = json.loads((run_dir / "card.json").read_text())
+    entries = [e for e in card["attacks"] if e["attack"] == "bss"]
+    assert [e["label"] for e in entries] == ["bss", "bss@iterations=2", "bss@iterations=4"]
+    assert [e["settings"]["score_iterations"] for e in entries] == [3, 2, 4]
+    assert entries[2]["overrides"] == {"attack.bss.iterations": 4}
+    mixture = [next(r for r in e["table"] if r["guess"] == "mixture as guess") for e in entries]
+    assert mixture[0] == mixture[1] == mixture[2]  # the same requests, scored the same way
+    assert (run_dir / entries[2]["files"]["figure"]).is_file() and entries[2]["files"]["figure"].startswith(
+        "attacks/bss@iterations=4/")
+    assert card["config"]["attack"]["bss"]["iterations"] == 3  # the run's own setting is unchanged
+
+    result = cli.invoke(app, ["attack", str(run_dir), "-a", "bss", "--set", "train.lr=0.1"])
+    assert result.exit_code == 2
+    assert "only the named attacks' own settings can change here (attack.bss.*)" in result.stderr
