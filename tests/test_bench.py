@@ -14,13 +14,14 @@ def invoke(*args):
 
 def test_bench_writes_valid_json_with_a_row_per_configuration(tmp_path):
     out = tmp_path / "benchmark_result.json"
-    result = invoke("bench", "--preset", "test", "-d", "none", "--steps", "2", "--warmup", "1", "-o", out,
+    # 5 steps, past the test preset's 3 iterations: the poly rate must stay defined there
+    result = invoke("bench", "--preset", "test", "-d", "none", "--steps", "3", "--warmup", "2", "-o", out,
                     "--set", "train.channels_last=true", "--no-score-model")
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     env = data["environment"]
     assert env["device_type"] == "cpu" and env["torch"] and env["precision"] == "float32" and env["cuda"] is None
-    assert data["settings"]["patch_size"] == 32 and data["settings"]["steps"] == 2
+    assert data["settings"]["patch_size"] == 32 and data["settings"]["steps"] == 3
     rows = {(r["component"], r["variant"]): r for r in data["results"]}
     assert set(rows) == {("none", "configured"), ("none", "fp32 eager")}
     for row in rows.values():

@@ -88,6 +88,7 @@ def test_learning_rate_schedules():
     assert engine.learning_rate(poly, 0) == 0.01
     assert engine.learning_rate(poly, 50) == pytest.approx(0.01 * 0.5 ** 0.9)
     assert engine.learning_rate(poly, 100) == 0
+    assert engine.learning_rate(poly, 150) == 0  # past the end (bench's extra steps): 0, not complex
     constant = TrainConfig(lr=0.01, iterations=100, lr_schedule="constant")
     assert engine.learning_rate(constant, 99) == 0.01
 

@@ -36,10 +36,12 @@ CHECKPOINT = "checkpoint.pt"
 def learning_rate(cfg: TrainConfig, iteration: int) -> float:
     """The learning rate at ``iteration``: constant, or nnU-Net's poly decay to 0.
 
-    A pure function of the iteration, so a resumed run follows the same schedule.
+    A pure function of the iteration, so a resumed run follows the same schedule. Past the
+    schedule's end (``privbench bench`` times steps beyond a short preset's) the poly rate stays
+    at 0, never the complex number a negative base to the power 0.9 would give.
     """
     if cfg.lr_schedule == "poly":
-        return cfg.lr * (1 - iteration / max(cfg.iterations, 1)) ** 0.9
+        return cfg.lr * max(0.0, 1 - iteration / max(cfg.iterations, 1)) ** 0.9
     return cfg.lr
 
 
