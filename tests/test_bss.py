@@ -126,3 +126,14 @@ def test_one_run_holds_bss_at_several_budgets_on_the_same_requests(trained_run, 
     result = cli.invoke(app, ["attack", str(run_dir), "-a", "bss", "--set", "train.lr=0.1"])
     assert result.exit_code == 2
     assert "only the named attacks' own settings can change here (attack.bss.*)" in result.stderr
+
+
+def test_the_score_model_starts_from_the_attackers_own_seed_not_the_global_state(mixup_client, tmp_path):
+    """Whatever the process's global random state (the run seed's, under the harness), bss
+    starts from the same weights and so recovers the same sources."""
+    cfg, task, defense = mixup_client
+    metrics = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        metrics.append(execute(bss.BlindSourceSeparation(), defense, task, cfg, run_dir=tmp_path / str(global_seed)).metrics)
+    assert metrics[0] == metrics[1]

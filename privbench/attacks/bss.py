@@ -22,6 +22,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from privbench import engine, figures, streams
+from privbench.attacks import learned
 from privbench.attacks.base import Attack, AttackResult, Client, Observation, PublicPool, Truth, Victims
 from privbench.config import MAX_SIGMA, MAX_WEIGHT, RunConfig, TrainConfig, require
 from privbench.metrics import ms_ssim3d
@@ -226,7 +227,7 @@ class BlindSourceSeparation(Attack):
         separations of the first one, from other starting noise, for the figure."""
         bss, run = observation.config, observation.runtime
         if self.model is None:
-            self.model = ScoreModel(bss, run.device, run.amp)
+            self.model = learned.seeded(observation.seed, lambda: ScoreModel(bss, run.device, run.amp))
             self.report = self.model.fit(observation.public, patch_size=run.patch_size, seed=observation.seed,
                                          checkpoint_every=run.checkpoint_every, workdir=run.workdir,
                                          progress=run.progress)

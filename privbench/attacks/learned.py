@@ -4,13 +4,15 @@ defense's training)."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 
 from privbench import engine, streams
 from privbench.attacks.base import Runtime
 from privbench.config import TrainConfig
+
+T = TypeVar("T")
 
 
 def window(generator: torch.Generator, shape: tuple[int, ...], patch: int) -> tuple[slice, ...]:
@@ -37,9 +39,10 @@ class AlignedPatches:
 Loss = Callable[[torch.Tensor, engine.Batch], torch.Tensor]
 
 
-def seeded(seed: int, make: Callable[[], torch.nn.Module]) -> torch.nn.Module:
-    """``make()``'s network with initial weights from the attacker's own stream, not from the
-    global random state (which depends on whatever ran before)."""
+def seeded(seed: int, make: Callable[[], T]) -> T:
+    """``make()``'s network (or model holding networks) with initial weights from the attacker's
+    own stream, not from the global random state (which depends on whatever ran before, and
+    under the harness on the run's seed)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(streams.seed_of(seed, "init"))
         return make()
