@@ -143,7 +143,7 @@ def test_a_resumed_run_counts_the_training_time_of_every_process(tmp_path):
     first = train(2)
     assert first.earlier_seconds == 0 and first.total_seconds == first.seconds and first.it_per_s > 0
     recorded = json.loads((tmp_path / engine.seconds_file()).read_text())
-    assert recorded["iteration"] == 2 and recorded["seconds"] == pytest.approx(first.seconds, rel=0.5)
+    assert recorded["iteration"] == 2 and 0 < recorded["seconds"] <= first.seconds  # up to the checkpoint
     second = train(4)
     assert second.start_iteration == 2 and second.earlier_seconds == recorded["seconds"]
     assert second.total_seconds == pytest.approx(recorded["seconds"] + second.seconds)

@@ -263,16 +263,19 @@ def attack_config(cfg: RunConfig, name: str) -> Any:
 
 
 def execute(attack: Attack, defense: "Defense", task: Task, cfg: RunConfig, *, run_dir: Path,
-            progress: bool = True) -> AttackResult:
-    """Run one attack against a trained defense through the boundary (see the module)."""
+            progress: bool = True, scenario: str = "") -> AttackResult:
+    """Run one attack against a trained defense through the boundary (see the module). Each
+    ``scenario`` (e.g. ``a=0.3`` of the a-curve) draws its own keys and order: one attacker
+    seeing the same scans again must not see them under the same keys."""
     config = attack_config(cfg, attack.name)
     granted = attack.granted(config, defense.name)
     unknown = set(granted) - set(GRANTS)
     if unknown:
         raise ValueError(f"attack {attack.name!r} grants unknown {sorted(unknown)} (known: {sorted(GRANTS)})")
-    client = Client(defense, task, cfg, streams.generator(cfg.seed, "client", attack.name))
+    streams_of = (attack.name, scenario) if scenario else (attack.name,)  # the plain run's streams as before
+    client = Client(defense, task, cfg, streams.generator(cfg.seed, "client", *streams_of))
     victims = attack.victims(client, config)
-    order = torch.randperm(len(victims.requests), generator=streams.generator(cfg.seed, "order", attack.name))
+    order = torch.randperm(len(victims.requests), generator=streams.generator(cfg.seed, "order", *streams_of))
     order = order.tolist()
     truth = victims.truth.reordered(order)
     pool = PublicPool(task) if {"public_pool", "gallery"} & set(granted) else None

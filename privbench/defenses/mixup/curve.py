@@ -3,7 +3,9 @@
 For each fixed ``a`` in ``mixup.curve_a`` every request of the client uses that weight: the
 four Dice variants (naive and learned unmixing, with one reference or ``mixup.tta``) are measured
 on the first ``mixup.curve_scans`` test scans, and every attack of the run that applies to mixup
-runs again (its files go to ``a_curve/a=<a>/``). Written as ``a_curve.csv`` (one row per a),
+runs again (its files go to ``a_curve/a=<a>/``) with keys of its own at each level: the same
+scan mixed with the same reference at two weights would give the scan away by solving two
+equations. Written as ``a_curve.csv`` (one row per a),
 ``a_curve.png`` (Dice against each attack's headline number, one point per a) and the card's
 ``a_curve`` rows.
 """
@@ -60,7 +62,8 @@ def utility_privacy_curve(defense: Any, task: Task, cfg: RunConfig, attacks: lis
             folder = run_dir / FOLDER / f"a={a:g}"
             folder.mkdir(parents=True, exist_ok=True)
             for attack in applicable:
-                result = execute(attack, defense, task, cfg, run_dir=folder, progress=progress)
+                result = execute(attack, defense, task, cfg, run_dir=folder, progress=progress,
+                                 scenario=f"a={a:g}")  # fresh keys at each level
                 label = result.label or attack.name
                 row |= {f"{label}_{k}": v for k, v in result.metrics.items()}
                 headlines[f"{label}_{attack.headline}"] = label
