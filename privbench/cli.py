@@ -105,12 +105,15 @@ def attack_(
     overrides: list[str] = typer.Option([], "--set", "-s",
                                         help="An attack's own setting, e.g. attack.bss.iterations=3000 "
                                              "(repeatable; the entry is labelled bss@iterations=3000)."),
+    replay: bool = typer.Option(False, "--replay",
+                                help="Draw the victims' keys from the client secret recorded in the run's "
+                                     "truth.json (the same keys, the same numbers) instead of a fresh one."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Run attacks against a finished run's trained defense and add them to its card."""
     from privbench import runner
 
-    _print_card(runner.attack(run_dir, attack, overrides=overrides, progress=not quiet))
+    _print_card(runner.attack(run_dir, attack, overrides=overrides, replay=replay, progress=not quiet))
 
 
 def _print_card(result: RunResult) -> None:

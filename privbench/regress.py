@@ -26,6 +26,9 @@ SUITE = (("none", ("reid", "linkage")), ("mixup", ("reid", "linkage")),
          ("privacy-net", ("reid", "linkage")), ("deformation", ("reid", "linkage")))
 SPEED = ("train_it_per_s", "infer_seconds_per_volume")
 REFERENCE = "none"  # speeds are ratios to this defense's, measured in the same run
+# The gate's client secret, fixed and public: its attacks must see the same keys on every
+# machine to compare like with like (a real run draws its secret from the operating system).
+SECRET = int.from_bytes(b"privbench regression gate".ljust(32, b"."), "big")
 
 
 # Dice tolerance of defenses whose training amplifies float32 rounding: privacy-net's min-max
@@ -151,7 +154,7 @@ def run_suite(out: str | Path, *, progress: bool = False) -> dict[tuple[str, str
     results = {}
     for defense, attacks in SUITE:
         cfg = config.resolve(PRESET, defense=defense, attacks=attacks)
-        result = runner.run(cfg, out=out, progress=progress)
+        result = runner.run(cfg, out=out, progress=progress, secret=SECRET)
         results[(result.card.task, defense, PRESET)] = result.card
     return results
 

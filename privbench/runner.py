@@ -24,7 +24,7 @@ import torch
 from privbench import card as cards
 from privbench.card import Card
 from privbench.attacks.base import Attack, attack_config, card_entry, execute
-from privbench import collapse, convergence, engine, finite, precision, resources
+from privbench import collapse, convergence, engine, finite, precision, resources, streams, truth
 from privbench.engine import distributed
 from privbench.config import RunConfig, config_hash, from_dict, set_value, split_item, to_dict, validate
 from privbench.defenses.base import Defense
@@ -46,7 +46,7 @@ class RunResult:
 
 
 def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
-        progress: bool = True) -> RunResult:
+        progress: bool = True, secret: int | None = None) -> RunResult:
     """Train and evaluate ``cfg.defense`` on ``cfg.task``; write and return the result card.
 
     With ``resume``, the newest unfinished run of the same config hash under ``out`` is
@@ -54,6 +54,10 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
     checked before training (names, memory, data, the components' requirements) is checked
     before the run folder exists. A NaN or infinite loss, prediction or score stops the run
     with :class:`~privbench.errors.NonFiniteError` and no card.
+
+    The attacks' victims draw their keys from the client ``secret`` (a fresh one from the
+    operating system when None; the regression gate passes a fixed one), recorded in the run's
+    ``truth.json`` once the attacks are scored (:mod:`privbench.truth`).
     """
     device, digest = _checked(cfg)
     device = distributed.start(device)  # under torchrun: join the ranks (rank 0 decides and writes)
@@ -107,10 +111,13 @@ def run(cfg: RunConfig, *, out: str | Path = "runs", resume: bool = False,
                                          (task.load(scan)[0] for scan in task.scans("test")), cfg.seed)
         finite.require(encoding, f"the encoding measures of {cfg.defense}")
         log.info("%s", encoding_line)
-        attacks = [run_attack(attacker, defense, task, cfg, run_dir=run_dir, progress=progress)
+        secret = streams.client_secret() if secret is None else secret
+        attacks = [run_attack(attacker, defense, task, cfg, run_dir=run_dir, progress=progress, secret=secret)
                    for attacker in attackers]
         study = _stage(f"the study of {cfg.defense}", defense.study, task, cfg, attackers,
-                       run_dir=run_dir, progress=progress) or Study()
+                       run_dir=run_dir, progress=progress, secret=secret) or Study()
+        truth.record(run_dir, {**{attacker.name: secret for attacker in attackers},
+                               **({truth.STUDY: secret} if study.files else {})})
         card = Card(run_dir.name, cfg.task.name, cfg.defense, cfg.preset, cfg.seed, digest,
                     to_dict(cfg, used_only=True), timings, evaluation.utility, attacks,
                     {"checkpoint": engine.CHECKPOINT, "log": "run.log", "per_scan": PER_SCAN,
@@ -146,7 +153,7 @@ def _training_timings(report: engine.TrainReport) -> dict[str, Any]:
 
 
 def attack(run_dir: str | Path, names: list[str], *, overrides: list[str] | None = None,
-           progress: bool = True) -> RunResult:
+           replay: bool = False, progress: bool = True) -> RunResult:
     """Run the attacks ``names`` (each once) against the trained defense of a finished run and
     add them to its card (replacing earlier entries of the same attacks and settings; entries
     that other processes add meanwhile are kept: the card is re-read and written under its
@@ -155,7 +162,11 @@ def attack(run_dir: str | Path, names: list[str], *, overrides: list[str] | None
 
     ``overrides`` (``attack.bss.iterations=3000``) change the named attacks' own settings only;
     an attack run with overrides is labelled with them (``bss@iterations=3000``), so one run's
-    card can hold an attacker at several budgets, all scored on the same requests."""
+    card can hold an attacker at several budgets, all scored on the same requests.
+
+    Each attack draws its victims' keys from a fresh client secret, recorded in ``truth.json``
+    after scoring; with ``replay``, from the secret recorded for its label, so the same keys
+    give the same numbers again."""
     run_dir = Path(run_dir)
     card = cards.load(run_dir / cards.CARD)
     for registry, name in ((TASKS, card.task), (DEFENSES, card.defense)):
@@ -180,22 +191,26 @@ def attack(run_dir: str | Path, names: list[str], *, overrides: list[str] | None
     with _interruptible(None), _log_to(run_dir / "run.log"):
         log.info("attack %s with %s", run_dir.name, ", ".join(names))
         added = {"added": time.strftime("%Y-%m-%dT%H:%M:%S"), **cards.environment(device)}
-        entries = [_labelled_attack(name, labels.get(name), defense, task, cfg, run_dir, progress)
-                   | {"added_later": added} for name in names]
+        chosen = {name: labels.get(name, {}).get("label", name) for name in names}
+        secrets = {label: truth.recorded(run_dir, label) if replay else streams.client_secret()
+                   for label in chosen.values()}
+        entries = [_labelled_attack(name, labels.get(name), defense, task, cfg, run_dir, progress,
+                                    secrets[chosen[name]]) | {"added_later": added} for name in names]
+        truth.record(run_dir, {label: secrets[label] for label in chosen.values()})
         card = cards.add_attacks(run_dir / cards.CARD, entries)  # re-read under a lock: others' entries stay
         log.info("card updated: %s", run_dir / cards.CARD)
     return RunResult(run_dir, card)
 
 
 def _labelled_attack(name: str, label: dict[str, Any] | None, defense: Defense, task: Task, cfg: RunConfig,
-                     run_dir: Path, progress: bool) -> dict[str, Any]:
+                     run_dir: Path, progress: bool, secret: int) -> dict[str, Any]:
     """One attack's card entry; an attack run with overrides writes its files (and keeps its
     checkpoints) in ``attacks/<label>/`` of the run folder, beside the default one's, not over them."""
     if label is None:
-        return run_attack(create_attack(name), defense, task, cfg, run_dir=run_dir, progress=progress)
+        return run_attack(create_attack(name), defense, task, cfg, run_dir=run_dir, progress=progress, secret=secret)
     where = run_dir / "attacks" / label["label"]
     where.mkdir(parents=True, exist_ok=True)
-    entry = run_attack(create_attack(name), defense, task, cfg, run_dir=where, progress=progress) | label
+    entry = run_attack(create_attack(name), defense, task, cfg, run_dir=where, progress=progress, secret=secret) | label
     if "files" in entry:
         entry["files"] = {k: f"attacks/{label['label']}/{v}" for k, v in entry["files"].items()}
     return entry
@@ -239,15 +254,17 @@ def check_requirements(task: Task, cfg: RunConfig, defense: Defense | None = Non
 
 
 def run_attack(attack: Attack, defense: Defense, task: Task, cfg: RunConfig, *, run_dir: Path,
-               progress: bool = True) -> dict[str, Any]:
-    """One attack against the trained defense, as a card entry (with its wall time), or a
-    "not applicable" entry where the attack does not apply to this defense."""
+               progress: bool = True, secret: int | None = None) -> dict[str, Any]:
+    """One attack against the trained defense, its victims' keys from the client ``secret``, as
+    a card entry (with its wall time), or a "not applicable" entry where the attack does not
+    apply to this defense."""
     name = attack.name
     if not attack.applies(cfg.defense):
         log.info("attack %s: not applicable to %s", name, cfg.defense)
         return card_entry(attack, cfg.defense, None)
     began = time.perf_counter()
-    result = _stage(f"attack {name}", execute, attack, defense, task, cfg, run_dir=run_dir, progress=progress)
+    result = _stage(f"attack {name}", execute, attack, defense, task, cfg, run_dir=run_dir, progress=progress,
+                    secret=secret)
     finite.require({"metrics": result.metrics, "table": result.table}, f"attack {name}")
     log.info("attack %s: %s", name, result.metrics)
     entry = card_entry(attack, cfg.defense, result, attack_config(cfg, name))

@@ -4,7 +4,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from privbench import config, runner, streams
+from privbench import config, runner
 from privbench.attacks import reid
 from privbench.attacks.base import Attack, Client, execute
 from privbench.cli import app
@@ -48,9 +48,9 @@ def test_the_attacker_sees_only_the_requests(cohort, tmp_path, monkeypatch):
     seen = []
     real = reid.similarity
     monkeypatch.setattr(reid, "similarity", lambda views: seen.append(views) or real(views))
-    execute(reid.Reidentification(), mixup, task, cfg, run_dir=tmp_path)
+    execute(reid.Reidentification(), mixup, task, cfg, run_dir=tmp_path, secret=12345)
     attacked, calibration = seen  # the attack, then the harness's raw-scan baseline
-    sent = Client(mixup, task, cfg, streams.generator(cfg.seed, "client", "reid")).send_test_scans().requests
+    sent = Client(mixup, task, cfg, 12345, ("reid",)).send_test_scans().requests
     assert len(attacked) == len(sent)
     order = [next(i for i, proxy in enumerate(sent) if torch.equal(view, proxy)) for view in attacked]
     assert sorted(order) == list(range(len(sent)))  # every request, each once ...

@@ -177,10 +177,16 @@ class Victims:
 
 class Client:
     """The victims' client, played by the harness: the trained defense, the task's test scans
-    and a key stream of its own."""
+    and key streams of its own, drawn from the client secret under ``names``."""
 
-    def __init__(self, defense: "Defense", task: Task, cfg: RunConfig, generator: torch.Generator):
-        self.defense, self.task, self.cfg, self.generator = defense, task, cfg, generator
+    def __init__(self, defense: "Defense", task: Task, cfg: RunConfig, secret: int, names: tuple[str, ...]):
+        self.defense, self.task, self.cfg = defense, task, cfg
+        self._secret, self._names = secret, names
+        self.generator = streams.generator(secret, "client", *names)
+
+    def rng(self, *names: str) -> np.random.Generator:
+        """Another of the client's secret streams (e.g. where bss cuts its patches)."""
+        return streams.rng(self._secret, "client", *self._names, *names)
 
     def new_key(self, k: int = 1) -> Any:
         return self.defense.new_key(self.generator) if k == 1 else self.defense.new_key(self.generator, k=k)
@@ -263,19 +269,21 @@ def attack_config(cfg: RunConfig, name: str) -> Any:
 
 
 def execute(attack: Attack, defense: "Defense", task: Task, cfg: RunConfig, *, run_dir: Path,
-            progress: bool = True, scenario: str = "") -> AttackResult:
-    """Run one attack against a trained defense through the boundary (see the module). Each
-    ``scenario`` (e.g. ``a=0.3`` of the a-curve) draws its own keys and order: one attacker
-    seeing the same scans again must not see them under the same keys."""
+            progress: bool = True, secret: int | None = None, scenario: str = "") -> AttackResult:
+    """Run one attack against a trained defense through the boundary (see the module). The
+    victims' keys and the order of their requests come from the client ``secret`` (a fresh
+    one when None: :func:`privbench.streams.client_secret`), never from the run's public seed;
+    each ``scenario`` (e.g. ``a=0.3`` of the a-curve) draws its own: one attacker seeing the
+    same scans again must not see them under the same keys."""
     config = attack_config(cfg, attack.name)
     granted = attack.granted(config, defense.name)
     unknown = set(granted) - set(GRANTS)
     if unknown:
         raise ValueError(f"attack {attack.name!r} grants unknown {sorted(unknown)} (known: {sorted(GRANTS)})")
-    streams_of = (attack.name, scenario) if scenario else (attack.name,)  # the plain run's streams as before
-    client = Client(defense, task, cfg, streams.generator(cfg.seed, "client", *streams_of))
-    victims = attack.victims(client, config)
-    order = torch.randperm(len(victims.requests), generator=streams.generator(cfg.seed, "order", *streams_of))
+    secret = streams.client_secret() if secret is None else secret
+    names = (attack.name, scenario) if scenario else (attack.name,)
+    victims = attack.victims(Client(defense, task, cfg, secret, names), config)
+    order = torch.randperm(len(victims.requests), generator=streams.generator(secret, "order", *names))
     order = order.tolist()
     truth = victims.truth.reordered(order)
     pool = PublicPool(task) if {"public_pool", "gallery"} & set(granted) else None

@@ -199,7 +199,7 @@ class BlindSourceSeparation(Attack):
         """``n_patches`` patches centred on brain voxels of test scans, each scan sent with a
         fresh key; the truth keeps the targets, the references and each patch's window."""
         p, n = client.cfg.train.patch_size, config.n_patches
-        rng = np.random.default_rng(streams.seed_of(client.cfg.seed, "client", self.name, "patches"))
+        rng = client.rng("patches")
         scans = client.task.scans("test")
         mixtures, targets, references, windows, weights = [], [], [], [], []
         for i in range(n):

@@ -105,8 +105,9 @@ class Defense(abc.ABC):
         return evaluate_default(self, task, cfg, run_dir=run_dir)
 
     def study(self, task: Task, cfg: RunConfig, attacks: list[Any], *, run_dir: Path,
-              progress: bool = True) -> Study | None:
-        """Hook: a study of the defense's own after the attacks (mixup: the a-curve), or None."""
+              progress: bool = True, secret: int | None = None) -> Study | None:
+        """Hook: a study of the defense's own after the attacks (mixup: the a-curve), or None;
+        attacks it runs draw their victims' keys from the client ``secret``."""
         return None
 
 

@@ -51,8 +51,9 @@ def variant_dice(defense: Any, task: Task, cfg: RunConfig) -> dict[str, float]:
 
 
 def utility_privacy_curve(defense: Any, task: Task, cfg: RunConfig, attacks: list[Attack], *,
-                          run_dir: Path, progress: bool = True) -> Study:
-    """Dice and the attacks' headline numbers at each ``a`` of ``mixup.curve_a`` (see the module)."""
+                          run_dir: Path, progress: bool = True, secret: int | None = None) -> Study:
+    """Dice and the attacks' headline numbers at each ``a`` of ``mixup.curve_a`` (see the module);
+    the attacks' keys come from the client ``secret`` (a fresh one when None)."""
     rows, saved, headlines = [], defense.eval_range, {}
     applicable = [attack for attack in attacks if attack.applies(cfg.defense)]
     try:
@@ -63,7 +64,7 @@ def utility_privacy_curve(defense: Any, task: Task, cfg: RunConfig, attacks: lis
             folder.mkdir(parents=True, exist_ok=True)
             for attack in applicable:
                 result = execute(attack, defense, task, cfg, run_dir=folder, progress=progress,
-                                 scenario=f"a={a:g}")  # fresh keys at each level
+                                 secret=secret, scenario=f"a={a:g}")  # fresh keys at each level
                 label = result.label or attack.name
                 row |= {f"{label}_{k}": v for k, v in result.metrics.items()}
                 headlines[f"{label}_{attack.headline}"] = label

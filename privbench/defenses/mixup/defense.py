@@ -204,11 +204,11 @@ class MixupPrivacy(TrainedDefense):
         return evaluate_mixup(self, task, cfg, run_dir=run_dir)
 
     def study(self, task: Task, cfg: RunConfig, attacks: list[Any], *, run_dir: Path,
-              progress: bool = True) -> Study | None:
+              progress: bool = True, secret: int | None = None) -> Study | None:
         """With ``mixup.curve``: the utility-privacy curve over a (:mod:`privbench.defenses.mixup.curve`)."""
         if not cfg.mixup.curve:
             return None
-        return utility_privacy_curve(self, task, cfg, attacks, run_dir=run_dir, progress=progress)
+        return utility_privacy_curve(self, task, cfg, attacks, run_dir=run_dir, progress=progress, secret=secret)
 
 
 def _checked(unmix: str) -> str:
