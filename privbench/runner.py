@@ -165,8 +165,9 @@ def attack(run_dir: str | Path, names: list[str], *, overrides: list[str] | None
     card can hold an attacker at several budgets, all scored on the same requests.
 
     Each attack draws its victims' keys from a fresh client secret, recorded in ``truth.json``
-    after scoring; with ``replay``, from the secret recorded for its label, so the same keys
-    give the same numbers again."""
+    after scoring (an attack with overrides: the secret of the run's own entry of that attack,
+    so it sees the same victims); with ``replay``, from the secret recorded for its label, so the
+    same keys give the same numbers again."""
     run_dir = Path(run_dir)
     card = cards.load(run_dir / cards.CARD)
     for registry, name in ((TASKS, card.task), (DEFENSES, card.defense)):
@@ -192,14 +193,24 @@ def attack(run_dir: str | Path, names: list[str], *, overrides: list[str] | None
         log.info("attack %s with %s", run_dir.name, ", ".join(names))
         added = {"added": time.strftime("%Y-%m-%dT%H:%M:%S"), **cards.environment(device)}
         chosen = {name: labels.get(name, {}).get("label", name) for name in names}
-        secrets = {label: truth.recorded(run_dir, label) if replay else streams.client_secret()
-                   for label in chosen.values()}
+        secrets = {chosen[name]: _secret_for(run_dir, name, chosen[name], replay) for name in names}
         entries = [_labelled_attack(name, labels.get(name), defense, task, cfg, run_dir, progress,
                                     secrets[chosen[name]]) | {"added_later": added} for name in names]
         truth.record(run_dir, {label: secrets[label] for label in chosen.values()})
         card = cards.add_attacks(run_dir / cards.CARD, entries)  # re-read under a lock: others' entries stay
         log.info("card updated: %s", run_dir / cards.CARD)
     return RunResult(run_dir, card)
+
+
+def _secret_for(run_dir: Path, name: str, label: str, replay: bool) -> int:
+    """The client secret an attack added to a run draws its victims' keys from: the one recorded
+    for ``label`` with ``replay``; for an attack with overrides, the one of the run's own entry of
+    that attack where there is one (another budget, the same victims); a fresh one otherwise."""
+    if replay:
+        return truth.recorded(run_dir, label)
+    if label != name and name in truth.secrets(run_dir):
+        return truth.recorded(run_dir, name)
+    return streams.client_secret()
 
 
 def _labelled_attack(name: str, label: dict[str, Any] | None, defense: Defense, task: Task, cfg: RunConfig,

@@ -32,11 +32,17 @@ def record(run_dir: Path, secrets: dict[str, int]) -> None:
 def recorded(run_dir: Path, label: str) -> int:
     """The secret the attack ``label`` of the run drew its keys from; one clear error where the
     record lacks it (a run from before secrets, or an attack never run)."""
-    path = Path(run_dir) / TRUTH
-    known = _read(path) if path.exists() else {}
+    known = secrets(run_dir)
     if label not in known:
-        raise PrivbenchError(f"no recorded client secret for {label!r} in {path}: run it without --replay first")
-    return int(known[label], 16)
+        raise PrivbenchError(f"no recorded client secret for {label!r} in {Path(run_dir) / TRUTH}: run it "
+                             f"without --replay first")
+    return known[label]
+
+
+def secrets(run_dir: Path) -> dict[str, int]:
+    """Every recorded secret of the run, by label (none when the run has no record)."""
+    path = Path(run_dir) / TRUTH
+    return {label: int(value, 16) for label, value in _read(path).items()} if path.exists() else {}
 
 
 def _read(path: Path) -> dict[str, str]:

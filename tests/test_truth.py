@@ -92,3 +92,12 @@ def test_replaying_an_attack_never_run_says_so(tmp_path):
     assert truth.recorded(tmp_path, "reid") == 5
     with pytest.raises(PrivbenchError, match="no recorded client secret for 'linkage'.*without --replay first"):
         truth.recorded(tmp_path, "linkage")
+
+
+def test_an_attacker_at_another_budget_sees_the_runs_own_victims(tmp_path):
+    from privbench.runner import _secret_for
+
+    truth.record(tmp_path, {"bss": 11})
+    assert _secret_for(tmp_path, "bss", "bss@iterations=30", replay=False) == 11  # the same requests
+    assert _secret_for(tmp_path, "bss", "bss", replay=False) not in (11, None)  # a plain rerun: fresh keys
+    assert _secret_for(tmp_path, "linkage", "linkage@x=1", replay=False) != 11
