@@ -60,6 +60,9 @@ def reachable(root):
     return out
 
 
+SECRET = 2024  # one client secret: the same keys and order on every call
+
+
 def observed(attack, cfg, task, defense, tmp_path, monkeypatch):
     box = []
 
@@ -69,7 +72,7 @@ def observed(attack, cfg, task, defense, tmp_path, monkeypatch):
 
     monkeypatch.setattr(attack, "reconstruct", grab)
     with pytest.raises(Seen):
-        execute(attack, defense, task, cfg, run_dir=tmp_path)
+        execute(attack, defense, task, cfg, run_dir=tmp_path, secret=SECRET)
     return box[0]
 
 
@@ -115,7 +118,7 @@ def test_requests_arrive_shuffled_but_reproducibly(client, tmp_path, monkeypatch
     real_score = attack.score
     monkeypatch.setattr(attack, "reconstruct", lambda observation: torch.eye(len(observation.requests)))
     monkeypatch.setattr(attack, "score", lambda g, truth, o, r: truths.append(truth) or real_score(g, truth, o, r))
-    execute(attack, defense, task, cfg, run_dir=tmp_path)
+    execute(attack, defense, task, cfg, run_dir=tmp_path, secret=SECRET)
     subjects = truths[0].subjects
     in_order = [s.subject for s in task.scans("test")]
     assert sorted(subjects) == sorted(in_order) and subjects != in_order

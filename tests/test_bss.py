@@ -135,7 +135,8 @@ def test_the_score_model_starts_from_the_attackers_own_seed_not_the_global_state
     metrics = []
     for global_seed in (1, 2):
         torch.manual_seed(global_seed)
-        metrics.append(execute(bss.BlindSourceSeparation(), defense, task, cfg, run_dir=tmp_path / str(global_seed)).metrics)
+        metrics.append(execute(bss.BlindSourceSeparation(), defense, task, cfg, run_dir=tmp_path / str(global_seed),
+                               secret=5).metrics)  # the same victims' keys
     assert metrics[0] == metrics[1]
 
 
