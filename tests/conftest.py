@@ -81,3 +81,19 @@ def trained_run(tmp_path_factory, cache_dir):
         return runs[defense]
 
     return run
+
+
+@pytest.fixture(scope="module")
+def mixup_client(cache_dir):
+    """``(cfg, task, defense)``: an untrained mixup client on the test preset's cohort, for
+    attacks driven through :func:`privbench.attacks.base.execute` (one per test module)."""
+    from privbench.defenses.mixup import MixupPrivacy
+    from privbench.registry import create_task
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PRIVBENCH_CACHE", str(cache_dir))
+        cfg = config.resolve("test", defense="mixup")
+        task = create_task(cfg.task.name, cfg=cfg)
+    defense = MixupPrivacy()
+    defense.attach(task, cfg)
+    return cfg, task, defense

@@ -8,10 +8,8 @@ import torch
 from privbench import config
 from privbench.attacks import bss
 from privbench.attacks.base import execute
-from privbench.defenses.mixup import MixupPrivacy
 from privbench.metrics import ms_ssim3d
 from privbench.mixing import mix
-from privbench.registry import create_task
 
 
 def test_separation_lands_on_the_gaussian_posterior_mean():
@@ -40,17 +38,6 @@ def test_noise_levels_and_largest_distance():
     patches = torch.zeros(3, 1, 2, 2, 2)
     patches[1] += 1.0
     assert bss.largest_distance(patches) == pytest.approx(8**0.5)
-
-
-@pytest.fixture(scope="module")
-def mixup_client(cache_dir):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PRIVBENCH_CACHE", str(cache_dir))
-        cfg = config.resolve("test", defense="mixup", attacks=("bss",))
-        task = create_task(cfg.task.name, cfg=cfg)
-    defense = MixupPrivacy()
-    defense.attach(task, cfg)
-    return cfg, task, defense
 
 
 def test_the_separation_sees_only_mixtures_and_weights(mixup_client, tmp_path, monkeypatch):

@@ -8,24 +8,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from privbench import config, streams, truth
+from privbench import streams, truth
 from privbench.attacks import reid
 from privbench.attacks.base import Client, execute
 from privbench.cli import app
-from privbench.defenses.mixup import MixupPrivacy
 from privbench.errors import PrivbenchError
-from privbench.registry import create_task
-
-
-@pytest.fixture(scope="module")
-def mixup_client(cache_dir):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PRIVBENCH_CACHE", str(cache_dir))
-        cfg = config.resolve("test", defense="mixup", attacks=("reid",))
-        task = create_task(cfg.task.name, cfg=cfg)
-    defense = MixupPrivacy()
-    defense.attach(task, cfg)
-    return cfg, task, defense
 
 
 def _requests_seen(monkeypatch, cfg, task, defense, tmp_path, secret):
