@@ -69,7 +69,9 @@ def _best_dice(points: pd.DataFrame, metric: str, level: float) -> str:
 def _most_private(points: pd.DataFrame, floor: float) -> str:
     """The lowest worst-case top-1 among the points whose mean Dice reaches ``floor``."""
     useful = points[points.apply(lambda r: _mean(r, DICE) >= floor and not math.isnan(_mean(r, TOP1)), axis=1)]
-    if useful.empty or math.isnan(floor):
+    if math.isnan(floor):
+        return f"no {BASELINE} run"  # nothing to measure "within 0.05 of none" against
+    if useful.empty:
         return NOT_REACHED
     best = useful.loc[useful.apply(lambda r: _mean(r, TOP1), axis=1).idxmin()]
     return f"{_mean(best, TOP1):.3f} at Dice {_dice(best)}"

@@ -44,3 +44,8 @@ def test_a_collapsed_point_is_never_an_operating_point():
 def test_without_a_privacy_column_there_is_no_table():
     assert matched.table(SUMMARY.drop(columns=["reid_f1_mean", "worst_identity_top1_mean"])).empty
     assert matched.table(pd.DataFrame()).empty
+
+
+def test_without_a_none_run_the_dice_margin_says_so():
+    rows = matched.table(SUMMARY[SUMMARY.defense != "none"]).set_index("defense")
+    assert set(rows["top-1 at Dice >= none - 0.05"]) == {"no none run"}
